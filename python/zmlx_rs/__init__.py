@@ -1,0 +1,15 @@
+"""zmlx_rs: fused MLX-CUDA kernels and Rust hot paths that make mlx-lm faster."""
+
+from zmlx_rs import kernels, reference
+from zmlx_rs._native import __version__
+from zmlx_rs.errors import BackendError, DTypeError, ShapeError, ZmlxError
+
+__all__ = [
+    "BackendError",
+    "DTypeError",
+    "ShapeError",
+    "ZmlxError",
+    "__version__",
+    "kernels",
+    "reference",
+]

@@ -1,0 +1,415 @@
+"""Fused kernels for mlx-lm hot paths.
+
+On MLX-CUDA each op is one `mx.fast.cuda_kernel` node whose source, specialisation, launch
+geometry and input validation come from the Rust catalog. On other backends (CPU, Metal) the
+same validation runs, then the pure-MLX reference in `zmlx_rs.reference`. Gradients go
+through `mx.custom_function` vjps (themselves kernels where that pays).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import mlx.core as mx
+
+from zmlx_rs import _backend, _native
+from zmlx_rs import reference as ref
+
+__all__ = [
+    "dropout",
+    "gather_add",
+    "geglu",
+    "geglu_packed",
+    "moe_gating",
+    "swiglu",
+    "swiglu_packed",
+]
+
+_DTYPE_NAMES: dict[mx.Dtype, str] = {
+    getattr(mx, n): n
+    for n in (
+        "bool_",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "float16",
+        "bfloat16",
+        "float32",
+        "float64",
+        "complex64",
+    )
+}
+_DTYPE_NAMES[mx.bool_] = "bool"
+_DTYPES: dict[str, mx.Dtype] = {v: k for k, v in _DTYPE_NAMES.items()}
+# Prefill sees a new token count per prompt; bound the per-signature launch caches.
+_MAX_LAUNCHES = 4096
+
+
+def _dtype_name(a: Any, arg: str, op: str) -> str:
+    if not isinstance(a, mx.array):
+        raise _native.ZmlxError(
+            f"{op}(): '{arg}' must be an mlx.core.array, got {type(a).__name__}"
+        )
+    return _DTYPE_NAMES[a.dtype]
+
+
+class _Launch:
+    """A native Launch converted once into the arguments `cuda_kernel` objects take."""
+
+    __slots__ = ("grid", "output_dtypes", "output_shapes", "template", "threadgroup")
+
+    def __init__(self, launch: _native.Launch) -> None:
+        self.template = [(n, _DTYPES[v] if isinstance(v, str) else v) for n, v in launch.template]
+        self.grid = launch.grid
+        self.threadgroup = launch.threadgroup
+        self.output_shapes = [tuple(s) for s in launch.output_shapes]
+        self.output_dtypes = [_DTYPES[d] for d in launch.output_dtypes]
+
+
+class _Kernel:
+    """One catalog kernel: its `mx.fast.cuda_kernel` object (built on first CUDA use) and its
+    launches cached by input signature, so a steady-state call is a dict hit and one node."""
+
+    __slots__ = ("_fn", "_launches", "_plan", "name")
+
+    def __init__(self, name: str, plan: Callable[..., _native.Launch]) -> None:
+        self.name = name
+        self._plan = plan
+        self._fn: Any = None
+        self._launches: dict[tuple, _Launch] = {}
+
+    def launch(self, key: tuple, *plan_args: Any) -> _Launch:
+        """Validates (in Rust) the first time a signature is seen; raises ZmlxError subclasses."""
+        got = self._launches.get(key)
+        if got is None:
+            got = _Launch(self._plan(*plan_args))
+            if len(self._launches) >= _MAX_LAUNCHES:
+                self._launches.clear()
+            self._launches[key] = got
+        return got
+
+    def __call__(self, inputs: Sequence[mx.array], launch: _Launch) -> list[mx.array]:
+        fn = self._fn
+        if fn is None:
+            spec = _native.kernel_spec(self.name)
+            fn = self._fn = mx.fast.cuda_kernel(
+                name=spec.name,
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                source=spec.source,
+                header=spec.header,
+            )
+        return fn(
+            inputs=inputs,
+            template=launch.template,
+            grid=launch.grid,
+            threadgroup=launch.threadgroup,
+            output_shapes=launch.output_shapes,
+            output_dtypes=launch.output_dtypes,
+        )
+
+
+_GLU = _Kernel("zmlx_glu", _native.plan_glu)
+_GLU_BWD = _Kernel("zmlx_glu_backward", _native.plan_glu_backward)
+_GLU_PACKED = _Kernel("zmlx_glu_packed", _native.plan_glu_packed)
+_GLU_PACKED_BWD = _Kernel("zmlx_glu_packed_backward", _native.plan_glu_packed_backward)
+_DROPOUT = _Kernel("zmlx_dropout", _native.plan_dropout)
+_GATING = _Kernel("zmlx_moe_gating", _native.plan_moe_gating)
+_GATING_BIASED = _Kernel("zmlx_moe_gating_biased", _native.plan_moe_gating)
+_GATHER_ADD = _Kernel("zmlx_gather_add", _native.plan_gather_add)
+
+# ---------------------------------------------------------------------------------------
+# Gated activations
+
+
+def _glu_launch(act: str, gate: mx.array, up: mx.array, op: str) -> _Launch:
+    try:
+        key: tuple = (act, gate.shape, up.shape, gate.dtype, up.dtype)
+        got = _GLU._launches.get(key)
+    except (AttributeError, TypeError):
+        key, got = (), None
+    if got is not None:
+        return got
+    g = _dtype_name(gate, "gate", op)
+    u = _dtype_name(up, "up", op)
+    return _GLU.launch(key, act, list(gate.shape), g, list(up.shape), u)
+
+
+def _make_glu(act: str) -> Callable[[mx.array, mx.array, _Launch], mx.array]:
+    @mx.custom_function
+    def fused(gate: mx.array, up: mx.array, launch: _Launch) -> mx.array:
+        return _GLU([gate, up], launch)[0]
+
+    @fused.vjp
+    def fused_vjp(primals, cotangent, output):
+        gate, up, _ = primals
+        launch = _GLU_BWD.launch(
+            (act, gate.shape, gate.dtype, cotangent.shape, cotangent.dtype),
+            act,
+            list(gate.shape),
+            _DTYPE_NAMES[gate.dtype],
+            list(cotangent.shape),
+            _DTYPE_NAMES[cotangent.dtype],
+        )
+        d_gate, d_up = _GLU_BWD([gate, up, cotangent], launch)
+        return d_gate, d_up, None
+
+    return fused
+
+
+_GLU_FUSED = {a: _make_glu(a) for a in ("silu", "gelu", "gelu_approx")}
+
+
+def swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    """`silu(gate) * up` in fp32, returned in the inputs' dtype (gate and up must agree)."""
+    launch = _glu_launch("silu", gate, up, "swiglu")
+    if _backend.on_cuda():
+        return _GLU_FUSED["silu"](gate, up, launch)
+    return ref.swiglu(gate, up)
+
+
+def geglu(gate: mx.array, up: mx.array, approximate: bool = False) -> mx.array:
+    """`gelu(gate) * up`; `approximate=True` uses the tanh form (`nn.gelu_approx`)."""
+    act = "gelu_approx" if approximate else "gelu"
+    launch = _glu_launch(act, gate, up, "geglu")
+    if _backend.on_cuda():
+        return _GLU_FUSED[act](gate, up, launch)
+    return ref.geglu(gate, up, approximate)
+
+
+def _packed_launch(act: str, h: mx.array, op: str) -> _Launch:
+    try:
+        key: tuple = (act, h.shape, h.dtype)
+        got = _GLU_PACKED._launches.get(key)
+    except (AttributeError, TypeError):
+        key, got = (), None
+    if got is not None:
+        return got
+    return _GLU_PACKED.launch(key, act, list(h.shape), _dtype_name(h, "h", op))
+
+
+def _make_glu_packed(act: str) -> Callable[[mx.array, _Launch], mx.array]:
+    @mx.custom_function
+    def fused(h: mx.array, launch: _Launch) -> mx.array:
+        return _GLU_PACKED([h], launch)[0]
+
+    @fused.vjp
+    def fused_vjp(primals, cotangent, output):
+        h, _ = primals
+        launch = _GLU_PACKED_BWD.launch(
+            (act, h.shape, h.dtype, cotangent.shape, cotangent.dtype),
+            act,
+            list(h.shape),
+            _DTYPE_NAMES[h.dtype],
+            list(cotangent.shape),
+            _DTYPE_NAMES[cotangent.dtype],
+        )
+        return _GLU_PACKED_BWD([h, cotangent], launch)[0], None
+
+    return fused
+
+
+_GLU_PACKED_FUSED = {a: _make_glu_packed(a) for a in ("silu", "gelu", "gelu_approx")}
+
+
+def swiglu_packed(h: mx.array) -> mx.array:
+    """`silu(gate) * up` for `h = [gate | up]` on the last axis: returns half the width."""
+    launch = _packed_launch("silu", h, "swiglu_packed")
+    if _backend.on_cuda():
+        return _GLU_PACKED_FUSED["silu"](h, launch)
+    return ref.swiglu_packed(h)
+
+
+def geglu_packed(h: mx.array, approximate: bool = False) -> mx.array:
+    """`gelu(gate) * up` for `h = [gate | up]` on the last axis: returns half the width."""
+    act = "gelu_approx" if approximate else "gelu"
+    launch = _packed_launch(act, h, "geglu_packed")
+    if _backend.on_cuda():
+        return _GLU_PACKED_FUSED[act](h, launch)
+    return ref.geglu_packed(h, approximate)
+
+
+# ---------------------------------------------------------------------------------------
+# Dropout
+
+
+def _dropout_launch(x: mx.array, p: float) -> _Launch:
+    return _DROPOUT.launch(
+        (x.shape, x.dtype, p), list(x.shape), _DTYPE_NAMES[x.dtype], p, [2], "uint32"
+    )
+
+
+@mx.custom_function
+def _dropout_fused(x: mx.array, key: mx.array, p: float) -> mx.array:
+    return _DROPOUT([x, key], _dropout_launch(x, p))[0]
+
+
+@_dropout_fused.vjp
+def _dropout_vjp(primals, cotangent, output):
+    _, key, p = primals
+    # The mask is a function of (key, index): the same kernel on the cotangent is the vjp.
+    return _DROPOUT([cotangent, key], _dropout_launch(cotangent, p))[0], mx.zeros_like(key), None
+
+
+def dropout(x: mx.array, p: float, *, key: mx.array | None = None) -> mx.array:
+    """Inverted dropout: zero each element with probability `p`, scale the rest by 1/(1-p).
+
+    Deterministic for a given `key` (from `mx.random.key`); without one, a key is drawn from
+    MLX's global random state, as `mlx.nn.Dropout` does. `p == 0` returns `x` itself. The mask
+    for a key differs between the CUDA kernel and the MLX fallback.
+    """
+    if not isinstance(p, (int, float)) or isinstance(p, bool):
+        raise _native.ZmlxError(f"dropout(): 'p' must be a float in [0, 1), got {p!r}")
+    x_dtype = _dtype_name(x, "x", "dropout")
+    if _native.check_dropout_p(float(p)):
+        return x
+    if key is not None:
+        k_dtype = _dtype_name(key, "key", "dropout")
+        k_shape = list(key.shape)
+    else:
+        k_dtype, k_shape = "uint32", [2]
+    _DROPOUT.launch(
+        (x.shape, x.dtype, float(p)), list(x.shape), x_dtype, float(p), k_shape, k_dtype
+    )
+    if not _backend.on_cuda():
+        return ref.dropout(x, float(p), key)
+    if key is None:
+        key = mx.random.bits((2,))
+    return _dropout_fused(x, key, float(p))
+
+
+# ---------------------------------------------------------------------------------------
+# MoE gating
+
+
+_MODES = ("softmax", "topk_softmax", "sigmoid")
+
+
+def _gating_launch(
+    logits: mx.array, k: int, mode: str, norm_topk: bool, bias: mx.array | None, scale: float
+) -> _Launch:
+    kernel = _GATING if bias is None else _GATING_BIASED
+    try:
+        key: tuple = (
+            logits.shape,
+            logits.dtype,
+            k,
+            mode,
+            norm_topk,
+            None if bias is None else (bias.shape, bias.dtype),
+            scale,
+        )
+        got = kernel._launches.get(key)
+    except (AttributeError, TypeError):
+        key, got = (), None
+    if got is not None:
+        return got
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise _native.ZmlxError(f"moe_gating(): 'k' must be an int, got {k!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise _native.ZmlxError(f"moe_gating(): 'scale' must be a float, got {scale!r}")
+    if not isinstance(mode, str):
+        raise _native.ZmlxError(f"moe_gating(): 'mode' must be one of {_MODES}, got {mode!r}")
+    l_dtype = _dtype_name(logits, "logits", "moe_gating")
+    b_shape = b_dtype = None
+    if bias is not None:
+        b_dtype = _dtype_name(bias, "bias", "moe_gating")
+        b_shape = list(bias.shape)
+    return kernel.launch(
+        key, list(logits.shape), l_dtype, k, mode, bool(norm_topk), b_shape, b_dtype, float(scale)
+    )
+
+
+@mx.custom_function
+def _gating_fused(logits, bias, k, mode, norm_topk, scale, launch):
+    if bias is None:
+        return tuple(_GATING([logits], launch))
+    return tuple(_GATING_BIASED([logits, bias], launch))
+
+
+@_gating_fused.vjp
+def _gating_vjp(primals, cotangents, outputs):
+    logits, bias, _, mode, norm_topk, scale, _ = primals
+    indices = outputs[1]
+
+    def scores_of(lg: mx.array) -> mx.array:
+        return ref.moe_scores_for(lg, indices, mode=mode, norm_topk=norm_topk, scale=scale)
+
+    _, (d_logits,) = mx.vjp(scores_of, [logits], [cotangents[0]])
+    d_bias = None if bias is None else mx.zeros_like(bias)
+    return d_logits, d_bias, None, None, None, None, None
+
+
+def moe_gating(
+    logits: mx.array,
+    k: int,
+    *,
+    mode: str = "softmax",
+    norm_topk: bool = True,
+    bias: mx.array | None = None,
+    scale: float = 1.0,
+) -> tuple[mx.array, mx.array]:
+    """Router logits (..., n_experts) -> (scores, indices), each (..., k), in one kernel.
+
+    - ``mode="softmax"``: softmax over all experts (fp32, rounded to the logits' dtype), top-k,
+      scores from the softmax, divided by their sum if ``norm_topk`` (qwen3_moe, qwen2_moe with
+      ``norm_topk=False``, qwen3_next).
+    - ``mode="topk_softmax"``: top-k on the logits, softmax over the k (mixtral, gpt_oss).
+    - ``mode="sigmoid"``: fp32 sigmoid; ``bias`` (n_experts,) added for selection only; scores
+      from the unbiased sigmoid, renormalised if ``norm_topk`` and k > 1 (glm4_moe,
+      deepseek_v3 with n_group == 1). Scores are float32 in this mode.
+
+    Every mode multiplies scores by ``scale``. Indices are uint32, ordered by descending
+    selection score, ties to the lower expert index. Scores are differentiable in logits.
+    """
+    launch = _gating_launch(logits, k, mode, norm_topk, bias, scale)
+    if _backend.on_cuda():
+        scores, indices = _gating_fused(logits, bias, k, mode, norm_topk, scale, launch)
+        return scores, mx.stop_gradient(indices)
+    return ref.moe_gating(logits, k, mode=mode, norm_topk=norm_topk, bias=bias, scale=scale)
+
+
+# ---------------------------------------------------------------------------------------
+# MoE combine
+
+
+def _gather_add_launch(y: mx.array, scores: mx.array) -> _Launch:
+    try:
+        key: tuple = (y.shape, y.dtype, scores.shape, scores.dtype)
+        got = _GATHER_ADD._launches.get(key)
+    except (AttributeError, TypeError):
+        key, got = (), None
+    if got is not None:
+        return got
+    y_dtype = _dtype_name(y, "y", "gather_add")
+    s_dtype = _dtype_name(scores, "scores", "gather_add")
+    return _GATHER_ADD.launch(key, list(y.shape), y_dtype, list(scores.shape), s_dtype)
+
+
+@mx.custom_function
+def _gather_add_fused(y: mx.array, scores: mx.array, launch: _Launch) -> mx.array:
+    return _GATHER_ADD([y, scores], launch)[0]
+
+
+@_gather_add_fused.vjp
+def _gather_add_vjp(primals, cotangent, output):
+    y, scores, _ = primals
+    c = cotangent.astype(mx.float32)[..., None, :]
+    d_y = (c * scores.astype(mx.float32)[..., None]).astype(y.dtype)
+    d_scores = (y.astype(mx.float32) * c).sum(axis=-1).astype(scores.dtype)
+    return d_y, d_scores, None
+
+
+def gather_add(y: mx.array, scores: mx.array) -> mx.array:
+    """MoE combine: ``out[..., h] = sum_k y[..., k, h] * scores[..., k]``, fp32 accumulation,
+    in y's dtype. ``scores`` has y's shape without the last axis."""
+    launch = _gather_add_launch(y, scores)
+    if _backend.on_cuda():
+        return _gather_add_fused(y, scores, launch)
+    return ref.gather_add(y, scores)

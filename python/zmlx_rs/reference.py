@@ -1,0 +1,129 @@
+"""Pure-MLX references of every fused kernel: the CPU and Metal fallbacks, and what the
+CUDA kernels are tested against. fp32 math, results in the input dtype."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+
+__all__ = [
+    "dropout",
+    "gather_add",
+    "geglu",
+    "geglu_packed",
+    "moe_gating",
+    "moe_scores_for",
+    "swiglu",
+    "swiglu_packed",
+]
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _act(g: mx.array, activation: str) -> mx.array:
+    if activation == "silu":
+        return g * mx.sigmoid(g)
+    if activation == "gelu":
+        return 0.5 * g * (1.0 + mx.erf(g * (1.0 / math.sqrt(2.0))))
+    return 0.5 * g * (1.0 + mx.tanh(_SQRT_2_OVER_PI * (g + 0.044715 * g * g * g)))
+
+
+@partial(mx.compile, shapeless=True)
+def _swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    return (nn.silu(gate.astype(mx.float32)) * up.astype(mx.float32)).astype(gate.dtype)
+
+
+@partial(mx.compile, shapeless=True)
+def _geglu_exact(gate: mx.array, up: mx.array) -> mx.array:
+    return (_act(gate.astype(mx.float32), "gelu") * up.astype(mx.float32)).astype(gate.dtype)
+
+
+@partial(mx.compile, shapeless=True)
+def _geglu_tanh(gate: mx.array, up: mx.array) -> mx.array:
+    g = gate.astype(mx.float32)
+    return (_act(g, "gelu_approx") * up.astype(mx.float32)).astype(gate.dtype)
+
+
+def swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    return _swiglu(gate, up)
+
+
+def geglu(gate: mx.array, up: mx.array, approximate: bool = False) -> mx.array:
+    return _geglu_tanh(gate, up) if approximate else _geglu_exact(gate, up)
+
+
+def swiglu_packed(h: mx.array) -> mx.array:
+    gate, up = mx.split(h, 2, axis=-1)
+    return _swiglu(gate, up)
+
+
+def geglu_packed(h: mx.array, approximate: bool = False) -> mx.array:
+    gate, up = mx.split(h, 2, axis=-1)
+    return geglu(gate, up, approximate)
+
+
+def dropout(x: mx.array, p: float, key: mx.array | None = None) -> mx.array:
+    if p == 0.0:
+        return x
+    keep = mx.random.bernoulli(1.0 - p, x.shape, key=key)
+    scaled = x.astype(mx.float32) * (1.0 / (1.0 - p))
+    return mx.where(keep, scaled, 0.0).astype(x.dtype)
+
+
+def gather_add(y: mx.array, scores: mx.array) -> mx.array:
+    out = (y.astype(mx.float32) * scores.astype(mx.float32)[..., None]).sum(axis=-2)
+    return out.astype(y.dtype)
+
+
+def moe_scores_for(
+    logits: mx.array,
+    indices: mx.array,
+    *,
+    mode: str = "softmax",
+    norm_topk: bool = True,
+    scale: float = 1.0,
+) -> mx.array:
+    """The scores moe_gating gives the experts `indices` picked: differentiable in logits."""
+    k = indices.shape[-1]
+    if mode == "softmax":
+        probs = mx.softmax(logits, axis=-1, precise=True)
+        scores = mx.take_along_axis(probs, indices, axis=-1)
+        if norm_topk:
+            scores = scores / scores.sum(axis=-1, keepdims=True)
+    elif mode == "topk_softmax":
+        picked = mx.take_along_axis(logits, indices, axis=-1)
+        scores = mx.softmax(picked, axis=-1, precise=True)
+    else:
+        probs = mx.sigmoid(logits.astype(mx.float32))
+        scores = mx.take_along_axis(probs, indices, axis=-1)
+        if norm_topk and k > 1:
+            scores = scores / scores.sum(axis=-1, keepdims=True)
+    return scores * scale if scale != 1.0 else scores
+
+
+def moe_gating(
+    logits: mx.array,
+    k: int,
+    *,
+    mode: str = "softmax",
+    norm_topk: bool = True,
+    bias: mx.array | None = None,
+    scale: float = 1.0,
+) -> tuple[mx.array, mx.array]:
+    """mlx-lm's gating math, with the k picks ordered by descending selection score."""
+    if mode == "softmax":
+        rank = mx.softmax(logits, axis=-1, precise=True)
+    elif mode == "topk_softmax":
+        rank = logits
+    else:
+        rank = mx.sigmoid(logits.astype(mx.float32))
+        if bias is not None:
+            rank = rank + bias
+    picked = mx.argpartition(-rank, kth=k - 1, axis=-1)[..., :k]
+    order = mx.argsort(-mx.take_along_axis(rank, picked, axis=-1), axis=-1)
+    indices = mx.stop_gradient(mx.take_along_axis(picked, order, axis=-1)).astype(mx.uint32)
+    scores = moe_scores_for(logits, indices, mode=mode, norm_topk=norm_topk, scale=scale)
+    return scores, indices

@@ -1,0 +1,115 @@
+  // One warp per row of E router logits; lane l holds experts l, l + 32, ...
+  // MODE 0: softmax over all experts (rounded to T, as mlx-lm selects on T), top-k, scores
+  //         from the softmax, optionally renormalised in T.
+  // MODE 1: top-k on the logits, softmax over the k picked.
+  // MODE 2: sigmoid in fp32, top-k on sigmoid + bias, scores from the unbiased sigmoid,
+  //         optionally renormalised. Every mode then multiplies by the scale.
+  // Ties go to the lower expert index; NaN logits never win.
+  constexpr int PER = (E + 31) / 32;
+  const float scale = __int_as_float(SCALE_BITS);
+  const long long rows = numel / E;
+  const long long row = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) {
+    return;
+  }
+  const T* x = logits + row * E;
+  float val[PER];
+  float rank[PER];
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int e = lane + 32 * j;
+    float v = (e < E) ? zm::to_f(x[e]) : ZM_NEG_INF;
+    val[j] = (v != v) ? ZM_NEG_INF : v;
+  }
+  if constexpr (MODE == 0) {
+    float m = ZM_NEG_INF;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      m = fmaxf(m, val[j]);
+    }
+    m = zm::warp_max(m);
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      val[j] = (lane + 32 * j < E) ? expf(val[j] - m) : 0.0f;
+      s += val[j];
+    }
+    s = zm::warp_sum(s);
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      val[j] = zm::round_to<T>(val[j] / s);
+      rank[j] = val[j];
+    }
+  } else if constexpr (MODE == 1) {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      rank[j] = val[j];
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int e = lane + 32 * j;
+      val[j] = zm::sigmoid(val[j]);
+      rank[j] = (e < E) ? val[j] + bias_at(e) : ZM_NEG_INF;
+      rank[j] = (rank[j] != rank[j]) ? ZM_NEG_INF : rank[j];
+    }
+  }
+
+  unsigned int taken = 0;
+  int my_index = 0;
+  float my_val = 0.0f;
+  for (int r = 0; r < K; ++r) {
+    float best = ZM_NEG_INF;
+    int best_e = 0x7fffffff;
+    float best_val = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+      const int e = lane + 32 * j;
+      const bool open = e < E && !((taken >> j) & 1u);
+      if (open && (rank[j] > best || (rank[j] == best && e < best_e))) {
+        best = rank[j];
+        best_e = e;
+        best_val = val[j];
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float o = __shfl_xor_sync(zm::kFullMask, best, off);
+      const int oe = __shfl_xor_sync(zm::kFullMask, best_e, off);
+      const float ov = __shfl_xor_sync(zm::kFullMask, best_val, off);
+      if (o > best || (o == best && oe < best_e)) {
+        best = o;
+        best_e = oe;
+        best_val = ov;
+      }
+    }
+    if ((best_e & 31) == lane) {
+      taken |= 1u << (best_e >> 5);
+    }
+    if (lane == r) {
+      my_index = best_e;
+      my_val = best_val;
+    }
+  }
+
+  const bool mine = lane < K;
+  float score = my_val;
+  if constexpr (MODE == 0) {
+    if constexpr (NORM) {
+      const float s = zm::round_to<T>(zm::warp_sum(mine ? my_val : 0.0f));
+      score = my_val / s;
+    }
+  } else if constexpr (MODE == 1) {
+    const float m = __shfl_sync(zm::kFullMask, my_val, 0);
+    const float ex = mine ? expf(my_val - m) : 0.0f;
+    score = ex / zm::warp_sum(ex);
+  } else {
+    if constexpr (NORM && K > 1) {
+      score = my_val / zm::warp_sum(mine ? my_val : 0.0f);
+    }
+  }
+  if (mine) {
+    scores[row * K + lane] = zm::from_f<S>(score * scale);
+    indices[row * K + lane] = static_cast<uint32_t>(my_index);
+  }

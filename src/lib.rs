@@ -1,0 +1,7 @@
+//! zmlx_rs: fused MLX-CUDA kernels for mlx-lm and the Rust pieces around them.
+//!
+//! The core modules know nothing of Python; `py` holds the bindings.
+
+pub mod error;
+pub mod kernels;
+mod py;

@@ -1,0 +1,237 @@
+use crate::error::Error;
+use crate::kernels::{
+    self, dropout, gather_add, glu, moe_gating, DType, Launch as CoreLaunch, TemplateArg,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyInt, PyString, PyTuple};
+
+/// One kernel of the catalog, as `mx.fast.cuda_kernel` takes it.
+#[pyclass(frozen, module = "zmlx_rs._native")]
+pub struct KernelSpec {
+    #[pyo3(get)]
+    name: &'static str,
+    #[pyo3(get)]
+    input_names: Vec<&'static str>,
+    #[pyo3(get)]
+    output_names: Vec<&'static str>,
+    #[pyo3(get)]
+    header: &'static str,
+    #[pyo3(get)]
+    source: String,
+}
+
+/// How to call one kernel on arrays of one signature. Dtypes are `mlx.core.Dtype` names.
+#[pyclass(frozen, module = "zmlx_rs._native")]
+pub struct Launch {
+    inner: CoreLaunch,
+}
+
+#[pymethods]
+impl Launch {
+    #[getter]
+    fn kernel(&self) -> &'static str {
+        self.inner.kernel.name
+    }
+
+    /// `(name, value)` pairs; a dtype value is its name as a `str`.
+    #[getter]
+    fn template<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        self.inner
+            .template
+            .iter()
+            .map(|(name, arg)| {
+                let value = match arg {
+                    TemplateArg::Int(i) => PyInt::new(py, *i).into_any(),
+                    TemplateArg::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+                    TemplateArg::DType(d) => PyString::new(py, d.name()).into_any(),
+                };
+                PyTuple::new(py, [PyString::new(py, name).into_any(), value])
+            })
+            .collect()
+    }
+
+    #[getter]
+    fn grid(&self) -> (u32, u32, u32) {
+        let [x, y, z] = self.inner.grid;
+        (x, y, z)
+    }
+
+    #[getter]
+    fn threadgroup(&self) -> (u32, u32, u32) {
+        let [x, y, z] = self.inner.threadgroup;
+        (x, y, z)
+    }
+
+    #[getter]
+    fn output_shapes(&self) -> Vec<Vec<usize>> {
+        self.inner.output_shapes.clone()
+    }
+
+    #[getter]
+    fn output_dtypes(&self) -> Vec<&'static str> {
+        self.inner.output_dtypes.iter().map(|d| d.name()).collect()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Launch(kernel='{}', grid={:?}, threadgroup={:?}, outputs={:?})",
+            self.inner.kernel.name,
+            self.inner.grid,
+            self.inner.threadgroup,
+            self.inner.output_shapes
+        )
+    }
+}
+
+fn dtype(op: &'static str, arg: &'static str, name: &str) -> Result<DType, Error> {
+    DType::parse(name).ok_or_else(|| Error::dtype(op, arg, "an mlx dtype", format!("'{name}'")))
+}
+
+fn launch(r: Result<CoreLaunch, Error>) -> PyResult<Launch> {
+    Ok(Launch { inner: r? })
+}
+
+/// The catalog entry `name` (e.g. `"zmlx_glu"`).
+#[pyfunction]
+fn kernel_spec(name: &str) -> PyResult<KernelSpec> {
+    let k = kernels::find(name)
+        .ok_or_else(|| Error::Backend(format!("no kernel named '{name}' in the catalog")))?;
+    Ok(KernelSpec {
+        name: k.name,
+        input_names: k.inputs.to_vec(),
+        output_names: k.outputs.to_vec(),
+        header: kernels::COMMON_HEADER,
+        source: k.cuda_kernel_body(),
+    })
+}
+
+/// Names of every kernel in the catalog.
+#[pyfunction]
+fn kernel_names() -> Vec<&'static str> {
+    kernels::catalog().iter().map(|k| k.name).collect()
+}
+
+#[pyfunction]
+fn plan_glu(
+    activation: &str,
+    gate_shape: Vec<usize>,
+    gate_dtype: &str,
+    up_shape: Vec<usize>,
+    up_dtype: &str,
+) -> PyResult<Launch> {
+    let act = glu::Activation::parse(activation)?;
+    let g = dtype("glu", "gate", gate_dtype)?;
+    let u = dtype("glu", "up", up_dtype)?;
+    launch(glu::plan(act, &gate_shape, g, &up_shape, u))
+}
+
+#[pyfunction]
+fn plan_glu_packed(activation: &str, h_shape: Vec<usize>, h_dtype: &str) -> PyResult<Launch> {
+    let act = glu::Activation::parse(activation)?;
+    launch(glu::plan_packed(act, &h_shape, dtype("glu", "h", h_dtype)?))
+}
+
+#[pyfunction]
+fn plan_glu_backward(
+    activation: &str,
+    gate_shape: Vec<usize>,
+    gate_dtype: &str,
+    cotan_shape: Vec<usize>,
+    cotan_dtype: &str,
+) -> PyResult<Launch> {
+    let act = glu::Activation::parse(activation)?;
+    let g = dtype("glu", "gate", gate_dtype)?;
+    let c = dtype("glu", "cotangent", cotan_dtype)?;
+    launch(glu::plan_backward(act, &gate_shape, g, &cotan_shape, c))
+}
+
+#[pyfunction]
+fn plan_glu_packed_backward(
+    activation: &str,
+    h_shape: Vec<usize>,
+    h_dtype: &str,
+    cotan_shape: Vec<usize>,
+    cotan_dtype: &str,
+) -> PyResult<Launch> {
+    let act = glu::Activation::parse(activation)?;
+    let h = dtype("glu", "h", h_dtype)?;
+    let c = dtype("glu", "cotangent", cotan_dtype)?;
+    launch(glu::plan_packed_backward(act, &h_shape, h, &cotan_shape, c))
+}
+
+/// Validates a drop probability; returns True when it is 0 (dropout is the identity).
+#[pyfunction]
+fn check_dropout_p(p: f64) -> PyResult<bool> {
+    Ok(dropout::check_p(p)?)
+}
+
+#[pyfunction]
+fn plan_dropout(
+    x_shape: Vec<usize>,
+    x_dtype: &str,
+    p: f64,
+    key_shape: Vec<usize>,
+    key_dtype: &str,
+) -> PyResult<Launch> {
+    let x = dtype("dropout", "x", x_dtype)?;
+    let k = dtype("dropout", "key", key_dtype)?;
+    launch(dropout::plan(&x_shape, x, p, &key_shape, k))
+}
+
+#[pyfunction]
+#[pyo3(signature = (logits_shape, logits_dtype, k, mode, norm_topk, bias_shape, bias_dtype, scale))]
+#[allow(clippy::too_many_arguments)]
+fn plan_moe_gating(
+    logits_shape: Vec<usize>,
+    logits_dtype: &str,
+    k: i64,
+    mode: &str,
+    norm_topk: bool,
+    bias_shape: Option<Vec<usize>>,
+    bias_dtype: Option<&str>,
+    scale: f64,
+) -> PyResult<Launch> {
+    let mode = moe_gating::Mode::parse(mode)?;
+    let logits = dtype("moe_gating", "logits", logits_dtype)?;
+    let bias = match (&bias_shape, bias_dtype) {
+        (Some(shape), Some(d)) => Some((shape.as_slice(), dtype("moe_gating", "bias", d)?)),
+        _ => None,
+    };
+    launch(moe_gating::plan(
+        &logits_shape,
+        logits,
+        k,
+        mode,
+        norm_topk,
+        bias,
+        scale,
+    ))
+}
+
+#[pyfunction]
+fn plan_gather_add(
+    y_shape: Vec<usize>,
+    y_dtype: &str,
+    scores_shape: Vec<usize>,
+    scores_dtype: &str,
+) -> PyResult<Launch> {
+    let y = dtype("gather_add", "y", y_dtype)?;
+    let s = dtype("gather_add", "scores", scores_dtype)?;
+    launch(gather_add::plan(&y_shape, y, &scores_shape, s))
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<KernelSpec>()?;
+    m.add_class::<Launch>()?;
+    m.add_function(wrap_pyfunction!(kernel_spec, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_names, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_glu, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_glu_packed, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_glu_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_glu_packed_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(check_dropout_p, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_dropout, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_moe_gating, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_gather_add, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! The `zmlx_rs._native` extension module: thin bindings that convert arguments, call the
+//! core, and map [`crate::error::Error`] to Python exceptions in one place.
+
+mod errors;
+mod kernels;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
+    kernels::register(m)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
