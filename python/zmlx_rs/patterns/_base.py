@@ -137,7 +137,7 @@ def fuse_outputs(layers: Sequence[nn.Module]) -> tuple[nn.Module, list[int]]:
 def unfuse_outputs(fused: nn.Module, layers: Sequence[nn.Module], widths: Sequence[int]) -> None:
     """Give `layers` back their arrays, cut from `fused`: the same bits they had."""
     start = 0
-    for layer, width in zip(layers, widths):
+    for layer, width in zip(layers, widths, strict=True):
         for key in list(fused.keys()):
             a = fused[key]
             axis = _OUTPUT_AXIS[key] % a.ndim
