@@ -17,7 +17,7 @@ from mlx_lm.tuner.trainer import default_loss
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tiny import FAMILIES, build, snapshot, tokenizer
 from zmlx_rs import PatchReport, ZmlxError, patterns
-from zmlx_rs.patterns.moe import FusedMoEBlock, FusedSwitchGLU
+from zmlx_rs.patterns.moe import FusedMoEBlock, FusedSwitchGLU, MoEBlock
 
 # Prompt long enough that tokens x top-k >= 64: the MoE prefill takes the sorted path.
 PROMPT = mx.array([[(7 * i + 3) % 96 for i in range(40)]])
@@ -126,16 +126,23 @@ def test_group_limited_routing_keeps_the_model_router():
     assert close(model(PROMPT), ref)
 
 
-def test_sharding_group_all_sum_is_kept():
-    model = build("qwen3_moe")
+@pytest.mark.parametrize("quant", [None, (4, 64)], ids=["fp32", "q4"])
+def test_tensor_parallel_sharded_model(quant):
+    """mlx-lm's own `shard()` (a one-process group here): sharded linears fuse into a
+    sharded linear, and the MoE block keeps its sharding_group all-sum."""
+    model = build("qwen3_moe", bits=quant and quant[0])
     group = mx.distributed.init()
-    model.model.layers[1].mlp.sharding_group = group
+    model.shard(group)
     ref = model(PROMPT)
-    zmlx_rs.patch(model)
-    assert model.model.layers[1].mlp.sharding_group is group
+    report = zmlx_rs.patch(model)
+    assert report.counts() == EXPECTED["qwen3_moe"]
+    layer = model.model.layers[1]
+    assert "AllToShardedLinear" in type(layer.self_attn.qkv_proj).__name__
+    assert layer.mlp.sharding_group is group
     assert close(model(PROMPT), ref)
     zmlx_rs.unpatch(model)
     assert model.model.layers[1].mlp.sharding_group is group
+    assert mx.array_equal(model(PROMPT), ref)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
@@ -285,3 +292,25 @@ def test_cuda_parity_half_precision(family, dtype, bits):
     assert sum(a == b for a, b in zip(tokens, ref_tokens, strict=True)) >= 12
     zmlx_rs.unpatch(model)
     assert mx.array_equal(model(PROMPT).astype(mx.float32), ref)
+
+
+def test_a_specialised_moe_block_can_take_the_patterns_place():
+    class CountingBlock(FusedMoEBlock):
+        calls = 0
+
+        def experts_and_combine(self, x, indices, scores):
+            CountingBlock.calls += 1
+            return super().experts_and_combine(x, indices, scores)
+
+    saved = list(patterns.ALL)
+    try:
+        patterns.register(MoEBlock(fused_class=CountingBlock))
+        assert patterns.names() == ["moe_block", "moe_experts", "attention_qkv", "dense_mlp"]
+        model = build("qwen3_moe")
+        ref = model(PROMPT)
+        zmlx_rs.patch(model)
+        assert close(model(PROMPT), ref) and CountingBlock.calls == 1
+        zmlx_rs.unpatch(model)
+        assert mx.array_equal(model(PROMPT), ref)
+    finally:
+        patterns.ALL[:] = saved

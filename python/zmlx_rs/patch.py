@@ -88,12 +88,14 @@ def unpatch(model: nn.Module) -> list[str]:
     """Put every original module back (innermost first); returns the paths restored."""
     if not isinstance(model, nn.Module):
         raise ZmlxError(f"unpatch(): 'model' must be an mlx.nn.Module, got {type(model).__name__}")
-    fused = [(p, m) for p, m in model.named_modules() if isinstance(m, Fused)]
-    fused.sort(key=lambda pm: pm[0].count("."), reverse=True)
-    restored = []
-    for path, module in fused:
-        _set_module(model, path, registry.get(module.pattern).revert(module))
-        restored.append(path)
+    restored: list[str] = []
+    # A pattern may wrap another's fused module (the same path twice): loop until none left.
+    while fused := [(p, m) for p, m in model.named_modules() if isinstance(m, Fused)]:
+        fused.sort(key=lambda pm: pm[0].count("."), reverse=True)
+        for path, module in fused:
+            _set_module(model, path, registry.get(module.pattern).revert(module))
+            if path not in restored:
+                restored.append(path)
     return restored
 
 

@@ -34,11 +34,10 @@ _CONFIG_ATTRS = ("group_size", "bits", "mode", "group")
 
 class Pattern:
     """One rewrite: which modules it fits (`matches`), how to swap one in (`apply`) and back
-    (`revert`). Subclasses set `name` and `fused_types` (the modules `apply` returns)."""
+    (`revert`). The Fused modules `apply` returns carry the pattern's `name`."""
 
     name: str = ""
     description: str = ""
-    fused_types: tuple[type, ...] = ()
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         """`OK` if `apply` can patch `module`, a reason if it is a candidate that cannot be

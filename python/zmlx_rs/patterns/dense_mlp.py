@@ -202,7 +202,6 @@ class FusedGatedMLP(Fused):
 class DenseMLP(Pattern):
     name = "dense_mlp"
     description = "gated MLP: gate|up in one projection + fused SwiGLU/GeGLU"
-    fused_types = (FusedGatedMLP,)
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         if isinstance(module, Fused) or not _looks_like_mlp(module, path):
