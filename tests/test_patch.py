@@ -4,6 +4,7 @@ restore, generation APIs, LoRA training, memory, the report and its plan."""
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 
 import mlx.core as mx
@@ -17,6 +18,7 @@ from mlx_lm.tuner.trainer import default_loss
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tiny import FAMILIES, build, snapshot, tokenizer
 from zmlx_rs import PatchReport, ZmlxError, patterns
+from zmlx_rs.patterns.dense_mlp import _gated_form
 from zmlx_rs.patterns.moe import FusedMoEBlock, FusedSwitchGLU, MoEBlock
 
 # Prompt long enough that tokens x top-k >= 64: the MoE prefill takes the sorted path.
@@ -314,3 +316,47 @@ def test_a_specialised_moe_block_can_take_the_patterns_place():
         assert mx.array_equal(model(PROMPT), ref)
     finally:
         patterns.ALL[:] = saved
+
+
+def test_moe_beyond_the_gating_kernel_is_skipped_with_reason():
+    model = build("qwen3_moe", num_experts=32)
+    block = model.model.layers[1].mlp
+    for top_k, reason in [(40, "top-k 40 not in 1..32"), (17, "moe_gating cannot route it")]:
+        block.top_k = top_k
+        report = zmlx_rs.patch(model, patterns=["moe_block"])
+        assert report.patched == [] and reason in report.skipped[0].reason
+    block.top_k = 8
+    assert zmlx_rs.patch(model, patterns=["moe_block"]).counts() == {"moe_block": 1}
+
+
+ACCEPTED_MLPS = {
+    # module.class: (activation, projections feeding it, down projection)
+    "llama.MLP": ("silu", ("gate_proj", "up_proj"), "down_proj"),
+    "glm4_moe.MLP": ("silu", ("gate_proj", "up_proj"), "down_proj"),
+    "exaone.MLP": ("silu", ("c_fc_0", "c_fc_1"), "c_proj"),
+    "internlm2.MLP": ("silu", ("w1", "w3"), "w2"),
+    "qwen.MLP": ("silu", ("w2", "w1"), "c_proj"),
+    "dbrx.MLP": ("silu", ("w1", "v1"), "w2"),
+    "phi3.MLP": ("silu", ("gate_up_proj",), "down_proj"),
+    "glm4.Glm4MLP": ("silu", ("gate_up_proj",), "down_proj"),
+    "plamo2.MLP": ("silu", ("gate_up_proj",), "down_proj"),
+    "gemma.MLP": ("gelu", ("gate_proj", "up_proj"), "down_proj"),
+    "gemma2.MLP": ("gelu_approx", ("gate_proj", "up_proj"), "down_proj"),
+    "olmo_hybrid.MLP": ("silu", ("gate_proj", "up_proj"), "down_proj"),
+}
+REJECTED_MLPS = ["gpt2.MLP", "step3p5.Step3p5MLP", "phi3small.MLP", "lille-130m.Lille130mMLP"]
+
+
+def _model_class(name: str) -> type:
+    module, cls = name.rsplit(".", 1)
+    return getattr(importlib.import_module(f"mlx_lm.models.{module}"), cls)
+
+
+@pytest.mark.parametrize("name", list(ACCEPTED_MLPS))
+def test_gated_mlp_forms_read_from_source(name):
+    assert _gated_form(_model_class(name)) == ACCEPTED_MLPS[name]
+
+
+@pytest.mark.parametrize("name", REJECTED_MLPS)
+def test_other_mlp_forms_are_rejected(name):
+    assert isinstance(_gated_form(_model_class(name)), str)

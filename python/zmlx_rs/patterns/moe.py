@@ -22,6 +22,7 @@ from mlx_lm.models import deepseek_v3, glm4_moe, gpt_oss, mixtral, qwen2_moe, qw
 from mlx_lm.models.switch_layers import SwiGLU, SwitchGLU, _gather_sort, _scatter_unsort
 
 from zmlx_rs import kernels
+from zmlx_rs.errors import ZmlxError
 from zmlx_rs.patterns._base import (
     OK,
     SWITCH_LINEARS,
@@ -221,6 +222,21 @@ class MoEBlock(Pattern):
             return f"top-k {routing.k} not in 1..{n_experts}"
         if routing.gated_shared_expert and "shared_expert_gate" not in module:
             return "shared expert without its gate"
+        if not routing.use_module_router:
+            # The kernel's limits (experts, k) are checked when it is planned: plan it now
+            # (lazily, nothing runs) rather than fail on the first forward.
+            bias = mx.zeros((n_experts,)) if routing.router_is_weight else None
+            try:
+                kernels.moe_gating(
+                    mx.zeros((1, n_experts)),
+                    routing.k,
+                    mode=routing.mode,
+                    norm_topk=routing.norm_topk,
+                    bias=bias,
+                    scale=routing.scale,
+                )
+            except ZmlxError as e:
+                return f"moe_gating cannot route it: {e}"
         return OK
 
     def apply(self, module: nn.Module, path: str) -> Fused:
