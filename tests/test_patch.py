@@ -270,28 +270,27 @@ def test_mixed_quantization_is_skipped_with_reason():
     assert all("mixed layer types" in s.reason for s in report.skipped)
 
 
-def _half_model(family: str, dtype: mx.Dtype, bits: int | None) -> nn.Module:
-    model = build(family, bits=bits)
-    model.set_dtype(dtype)
-    return model
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("bits", [None, 4], ids=["dense", "q4"])
-@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16], ids=str)
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_cuda_parity_half_precision(family, dtype, bits):
-    model = _half_model(family, dtype, bits)
+def test_cuda_parity(family, dtype, bits):
+    """The CUDA kernels inside patched models. fp32: greedy decoding identical; half
+    precision (fp32 math rounded once in the kernels, vs mlx-lm's half-precision ops):
+    logits within tolerance and the same argmax almost everywhere."""
+    model = build(family, bits=bits)
+    model.set_dtype(dtype)
     ref = model(PROMPT).astype(mx.float32)
-    ref_tokens = greedy(model, 16)
+    ref_tokens = greedy(model, 32)
     zmlx_rs.patch(model)
     out = model(PROMPT).astype(mx.float32)
-    scale = mx.abs(ref).max().item()
-    assert mx.abs(out - ref).max().item() <= 3e-2 * max(scale, 1.0)
-    agree = (out.argmax(-1) == ref.argmax(-1)).mean().item()
-    assert agree >= 0.9
-    tokens = greedy(model, 16)
-    assert sum(a == b for a, b in zip(tokens, ref_tokens, strict=True)) >= 12
+    scale = max(mx.abs(ref).max().item(), 1.0)
+    if dtype == mx.float32:
+        assert mx.abs(out - ref).max().item() <= 1e-3 * scale
+        assert greedy(model, 32) == ref_tokens
+    else:
+        assert mx.abs(out - ref).max().item() <= 5e-2 * scale
+        assert (out.argmax(-1) == ref.argmax(-1)).mean().item() >= 0.9
     zmlx_rs.unpatch(model)
     assert mx.array_equal(model(PROMPT).astype(mx.float32), ref)
 
@@ -360,3 +359,17 @@ def test_gated_mlp_forms_read_from_source(name):
 @pytest.mark.parametrize("name", REJECTED_MLPS)
 def test_other_mlp_forms_are_rejected(name):
     assert isinstance(_gated_form(_model_class(name)), str)
+
+
+def test_a_module_shared_between_layers_is_fused_once():
+    model = build("llama")
+    layers = model.model.layers
+    layers[1].mlp = layers[0].mlp
+    ref = model(PROMPT)
+    report = zmlx_rs.patch(model, patterns=["dense_mlp"])
+    assert layers[0].mlp is layers[1].mlp
+    assert sum(p.note.startswith("shared with model.layers.") for p in report.patched) == 1
+    assert close(model(PROMPT), ref)
+    zmlx_rs.unpatch(model)
+    assert layers[0].mlp is layers[1].mlp and not isinstance(layers[0].mlp, patterns.Fused)
+    assert mx.array_equal(model(PROMPT), ref)

@@ -53,6 +53,8 @@ def patch(
         chosen = [p for p in chosen if any(p.name == name for _, name in wanted)]
 
     report = PatchReport(model_type=_model_type(model))
+    # A module reachable by two paths (shared between layers) is fused once.
+    fused_by_id: dict[int, tuple[str, Fused]] = {}
     for path, module in model.named_modules():
         if isinstance(module, Fused):
             report.patched.append(Patched(path, module.pattern, "already patched"))
@@ -60,6 +62,11 @@ def patch(
         # Re-walk per pattern: an outer rewrite keeps its children's paths.
         for path, module in model.named_modules():
             if not path:
+                continue
+            if id(module) in fused_by_id:
+                first, fused = fused_by_id[id(module)]
+                _set_module(model, path, fused)
+                report.patched.append(Patched(path, fused.pattern, f"shared with {first}"))
                 continue
             verdict = pattern.matches(module, path)
             if verdict is None:
@@ -72,6 +79,7 @@ def patch(
                 report.skipped.append(Skipped(path, pattern.name, "not in the plan"))
             else:
                 fused = pattern.apply(module, path)
+                fused_by_id[id(module)] = (path, fused)
                 _set_module(model, path, fused)
                 report.patched.append(Patched(path, pattern.name, fused.note))
     # A module another pattern took is not "skipped" by the ones that did not fit it.

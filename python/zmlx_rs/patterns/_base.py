@@ -84,6 +84,8 @@ class Fused(nn.Module):
 def linear_mismatch(layers: Sequence[nn.Module], kinds: tuple[type, ...]) -> str | None:
     """Why `layers` cannot be stacked along their output axis, or None if they can."""
     first = layers[0]
+    if "weight" not in first:
+        return "layer has no weight"
     if type(first) not in kinds:
         return f"{type(first).__name__} is not one of {', '.join(k.__name__ for k in kinds)}"
     for layer in layers[1:]:
