@@ -79,6 +79,8 @@ def patch(
                 report.skipped.append(Skipped(path, pattern.name, "not in the plan"))
             else:
                 fused = pattern.apply(module, path)
+                # Reverted by the same object, registered or not.
+                object.__setattr__(fused, "made_by", pattern)
                 fused_by_id[id(module)] = (path, fused)
                 _set_module(model, path, fused)
                 report.patched.append(Patched(path, pattern.name, fused.note))
@@ -101,7 +103,8 @@ def unpatch(model: nn.Module) -> list[str]:
     while fused := [(p, m) for p, m in model.named_modules() if isinstance(m, Fused)]:
         fused.sort(key=lambda pm: pm[0].count("."), reverse=True)
         for path, module in fused:
-            _set_module(model, path, registry.get(module.pattern).revert(module))
+            maker = module.__dict__.get("made_by") or registry.get(module.pattern)
+            _set_module(model, path, maker.revert(module))
             if path not in restored:
                 restored.append(path)
     return restored
