@@ -100,11 +100,14 @@ def unpatch(model: nn.Module) -> list[str]:
         raise ZmlxError(f"unpatch(): 'model' must be an mlx.nn.Module, got {type(model).__name__}")
     restored: list[str] = []
     # A pattern may wrap another's fused module (the same path twice): loop until none left.
-    while fused := [(p, m) for p, m in model.named_modules() if isinstance(m, Fused)]:
-        fused.sort(key=lambda pm: pm[0].count("."), reverse=True)
-        for path, module in fused:
-            maker = module.__dict__.get("made_by") or registry.get(module.pattern)
-            _set_module(model, path, maker.revert(module))
+    while found := [(p, m) for p, m in model.named_modules() if isinstance(m, Fused)]:
+        found.sort(key=lambda pm: pm[0].count("."), reverse=True)
+        originals: dict[int, nn.Module] = {}  # a module shared by several paths reverts once
+        for path, module in found:
+            if id(module) not in originals:
+                maker = module.__dict__.get("made_by") or registry.get(module.pattern)
+                originals[id(module)] = maker.revert(module)
+            _set_module(model, path, originals[id(module)])
             if path not in restored:
                 restored.append(path)
     return restored

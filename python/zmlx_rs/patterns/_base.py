@@ -136,13 +136,16 @@ def fuse_outputs(layers: Sequence[nn.Module]) -> tuple[nn.Module, list[int]]:
 
 
 def unfuse_outputs(fused: nn.Module, layers: Sequence[nn.Module], widths: Sequence[int]) -> None:
-    """Give `layers` back their arrays, cut from `fused`: the same bits they had."""
+    """Give `layers` back their arrays, cut from `fused`: the same bits they had, each in a
+    buffer of its own (`take` copies; a slice could be a view pinning the whole stack) so the
+    stack is freed right here and the layout is the never-patched one."""
     start = 0
+    keys = list(fused.keys())
     for layer, width in zip(layers, widths, strict=True):
-        for key in list(fused.keys()):
-            a = fused[key]
-            axis = _OUTPUT_AXIS[key] % a.ndim
-            index = tuple([slice(None)] * axis + [slice(start, start + width)])
-            layer[key] = mx.contiguous(a[index])
-        mx.eval([layer[key] for key in fused])
+        rows = mx.arange(start, start + width)
+        for key in keys:
+            layer[key] = mx.take(fused[key], rows, axis=_OUTPUT_AXIS[key])
+        mx.eval([layer[key] for key in keys])
         start += width
+    for key in keys:
+        del fused[key]
