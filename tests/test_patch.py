@@ -34,7 +34,7 @@ EXPECTED = {
     "qwen3_moe": {"moe_block": 1, "moe_experts": 1, "attention_qkv": 2, "dense_mlp": 1},
     "qwen2_moe": {"moe_block": 2, "moe_experts": 2, "attention_qkv": 2, "dense_mlp": 2},
     "qwen3_next": {"moe_block": 2, "moe_experts": 2, "dense_mlp": 2},
-    "mixtral": {"moe_block": 2, "moe_experts": 2},
+    "mixtral": {"moe_block": 2, "moe_experts": 2, "attention_qkv": 2},
     "glm4_moe": {"moe_block": 1, "moe_experts": 1, "dense_mlp": 2},
     "deepseek_v3": {"moe_block": 1, "moe_experts": 1, "dense_mlp": 2},
     "gemma": {"attention_qkv": 2, "dense_mlp": 2},
