@@ -373,3 +373,19 @@ def test_a_module_shared_between_layers_is_fused_once():
     zmlx_rs.unpatch(model)
     assert layers[0].mlp is layers[1].mlp and not isinstance(layers[0].mlp, patterns.Fused)
     assert mx.array_equal(model(PROMPT), ref)
+
+
+def test_lora_on_fused_projections_trains_and_blocks_unpatch():
+    """Default LoRA keys pick up the fused projections themselves: training works; unpatch
+    refuses (the stacked weights now sit under a LoRA layer) instead of corrupting."""
+    model = build("qwen3")
+    zmlx_rs.patch(model)
+    model.freeze()
+    linear_to_lora_layers(model, 2, {"rank": 4, "scale": 10.0, "dropout": 0.0})
+    assert "LoRA" in type(model.model.layers[0].mlp.gate_up_proj).__name__
+    batch = mx.array([[(5 * i) % 96 for i in range(24)]])
+    loss, grads = nn.value_and_grad(model, default_loss)(model, batch, mx.array([[0, 23]]))
+    assert mx.isfinite(loss[0]).item() and grads
+    with pytest.raises(ZmlxError, match="LoRA"):
+        zmlx_rs.unpatch(model)
+    assert isinstance(model.model.layers[0].mlp, patterns.Fused)

@@ -98,6 +98,13 @@ def unpatch(model: nn.Module) -> list[str]:
     """Put every original module back (innermost first); returns the paths restored."""
     if not isinstance(model, nn.Module):
         raise ZmlxError(f"unpatch(): 'model' must be an mlx.nn.Module, got {type(model).__name__}")
+    blocked = [
+        f"{p}: {why}"
+        for p, m in model.named_modules()
+        if isinstance(m, Fused) and (why := m.revert_blocker())
+    ]
+    if blocked:
+        raise ZmlxError(f"unpatch(): 'model' cannot be restored: {'; '.join(blocked)}")
     restored: list[str] = []
     # A pattern may wrap another's fused module (the same path twice): loop until none left.
     while found := [(p, m) for p, m in model.named_modules() if isinstance(m, Fused)]:

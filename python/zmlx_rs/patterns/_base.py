@@ -71,6 +71,21 @@ class Fused(nn.Module):
     def original(self) -> nn.Module:
         return self.__dict__["_original"]
 
+    def holds_stack(self, name: str) -> None:
+        """Child `name` holds weights stacked from the original's layers: `unpatch` cuts
+        them back out, so it must still be the layer that was made here."""
+        self.__dict__.setdefault("_stacks", {})[name] = self[name]
+
+    def revert_blocker(self) -> str | None:
+        """Why this module cannot be reverted, or None."""
+        for name, layer in self.__dict__.get("_stacks", {}).items():
+            if self.get(name) is not layer:
+                return (
+                    f"'{name}' was replaced by a {type(self.get(name)).__name__} after patching "
+                    "(LoRA?): fuse or remove it first"
+                )
+        return None
+
     def hand_back_children(self, names: Sequence[str]) -> nn.Module:
         """Put children the fused module shares with the original back on it: they may have
         been swapped since patching (LoRA, a nested pattern), and that swap must survive."""

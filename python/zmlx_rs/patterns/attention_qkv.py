@@ -2,9 +2,9 @@
 
 The fused forward below restates mlx-lm's llama attention forward (with q/k RMS norms: the
 qwen3 one). A class is patched only if its `__call__` is that same code, compared as a
-syntax tree (comments, annotations and the spelling of the head counts aside): llama and mistral (mapped
-to llama), mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma, granite, ... Three matmul nodes
-become one matmul and three slices.
+syntax tree (comments, annotations and the spelling of the head counts aside): llama and
+mistral (mapped to llama), mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma, granite, ...
+Three matmul nodes become one matmul and three slices.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ class FusedQKVAttention(Fused):
     def __init__(self, original: nn.Module, qkv_proj: nn.Module, widths: list[int]) -> None:
         super().__init__(original)
         self.qkv_proj = qkv_proj
+        self.holds_stack("qkv_proj")
         self.o_proj = original.o_proj
         self.rope = original.rope
         self.qk_norm = bool(_qk_norm(type(original)))

@@ -47,6 +47,7 @@ class FusedSwitchGLU(Fused):
     def __init__(self, original: SwitchGLU, gate_up_proj: nn.Module, widths: list[int]) -> None:
         super().__init__(original)
         self.gate_up_proj = gate_up_proj
+        self.holds_stack("gate_up_proj")
         self.down_proj = original.down_proj
         object.__setattr__(self, "widths", tuple(widths))
         self.note = "gate|up experts -> gate_up_proj"
