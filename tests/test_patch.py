@@ -41,7 +41,7 @@ EXPECTED = {
     "gemma2": {"dense_mlp": 2},
     "phi3": {"dense_mlp": 2},
     "internlm2": {"dense_mlp": 2},
-    "gpt_oss": {},
+    "gpt_oss": {"moe_block": 2},
 }
 assert set(EXPECTED) == set(FAMILIES)
 
