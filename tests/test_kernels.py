@@ -393,6 +393,26 @@ def test_dropout_is_deterministic_per_key(device):
     assert kernels.dropout(x, 0.0) is x
 
 
+def test_dropout_mask_depends_only_on_key_and_position(device):
+    """Vectorised (size % 8 == 0) and scalar launches draw the same mask for a position."""
+    x = mx.ones((4096,), mx.bfloat16)
+    key = mx.random.key(9)
+    full = np.array(kernels.dropout(x, 0.5, key=key).astype(mx.float32))
+    part = np.array(kernels.dropout(x[:4093], 0.5, key=key).astype(mx.float32))
+    if device == "gpu":
+        np.testing.assert_array_equal(full[:4093], part)
+
+
+def test_empty_arrays(device):
+    e = mx.zeros((0, 8))
+    assert kernels.swiglu(e, e).shape == (0, 8)
+    assert kernels.swiglu_packed(e, differentiable=False).shape == (0, 4)
+    assert kernels.gather_add(mx.zeros((0, 2, 8)), mx.zeros((0, 2))).shape == (0, 8)
+    scores, indices = kernels.moe_gating(e, 2)
+    assert scores.shape == (0, 2) and indices.dtype == mx.uint32
+    assert kernels.dropout(e, 0.5).shape == (0, 8)
+
+
 def test_dropout_mask_is_independent_across_positions(device):
     """Neighbouring elements (same Philox draw, adjacent threads) are uncorrelated."""
     x = mx.ones((400_000,))

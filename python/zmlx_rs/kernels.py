@@ -62,7 +62,7 @@ def _dtype_name(a: Any, arg: str, op: str) -> str:
 class _Launch:
     """A native Launch converted once into the arguments `cuda_kernel` objects take."""
 
-    __slots__ = ("grid", "output_dtypes", "output_shapes", "template", "threadgroup")
+    __slots__ = ("empty", "grid", "output_dtypes", "output_shapes", "template", "threadgroup")
 
     def __init__(self, launch: _native.Launch) -> None:
         self.template = [(n, _DTYPES[v] if isinstance(v, str) else v) for n, v in launch.template]
@@ -70,6 +70,8 @@ class _Launch:
         self.threadgroup = launch.threadgroup
         self.output_shapes = [tuple(s) for s in launch.output_shapes]
         self.output_dtypes = [_DTYPES[d] for d in launch.output_dtypes]
+        # Empty arrays: CUDA cannot launch zero blocks, and there is nothing to compute.
+        self.empty = launch.grid[0] == 0
 
 
 class _Kernel:
@@ -95,6 +97,9 @@ class _Kernel:
         return got
 
     def __call__(self, inputs: Sequence[mx.array], launch: _Launch) -> list[mx.array]:
+        if launch.empty:
+            shapes, dtypes = launch.output_shapes, launch.output_dtypes
+            return [mx.zeros(s, d) for s, d in zip(shapes, dtypes, strict=True)]
         fn = self._fn
         if fn is None:
             spec = _native.kernel_spec(self.name)

@@ -2,8 +2,8 @@
 //! backward pass is the same kernel applied to the cotangent.
 
 use super::{
-    linear_grid, numel, require_float, require_rank, require_size, vector_width, DType,
-    KernelSource, Launch, TemplateArg, PHILOX,
+    exact_grid, flat_width, numel, require_float, require_rank, require_size, DType, KernelSource,
+    Launch, TemplateArg, PHILOX,
 };
 use crate::error::{shape_str, Error, Result};
 
@@ -11,7 +11,6 @@ pub static DROPOUT: KernelSource = KernelSource {
     name: "zmlx_dropout",
     inputs: &["x", "key"],
     outputs: &["out"],
-    numel_of: "x",
     helpers: &[PHILOX],
     body: include_str!("cuda/dropout.cu"),
 };
@@ -49,11 +48,14 @@ pub fn plan(x: &[usize], dtype: DType, p: f64, key: &[usize], key_dtype: DType) 
     }
     let p_bits = (p as f32).to_bits() as i32;
     // One 16-byte vector per thread (4 or 8 elements: one or two Philox draws).
-    let (grid, threadgroup) = linear_grid(numel(x).div_ceil(vector_width(dtype)), 256);
+    let n = numel(x);
+    let v = flat_width(n, dtype);
+    let (grid, threadgroup) = exact_grid(n / v, 1, 256);
     Ok(Launch {
         kernel: &DROPOUT,
         template: vec![
             ("T", TemplateArg::DType(dtype)),
+            ("V", TemplateArg::Int(v as i32)),
             ("P_BITS", TemplateArg::Int(p_bits)),
         ],
         grid,
@@ -84,7 +86,7 @@ mod tests {
         let e = plan(&[4], DType::F32, 0.5, &[3], DType::U32).unwrap_err();
         assert!(matches!(e, Error::Shape { arg: "key", .. }));
         let l = plan(&[4, 9], DType::BF16, 0.25, &[2], DType::U32).unwrap();
-        assert_eq!(l.grid[0], 5); // ceil(36 / 8)
+        assert_eq!(l.grid[0], 36); // 36 is no multiple of 8: one element per thread
         assert!(l
             .template
             .contains(&("P_BITS", TemplateArg::Int(0.25f32.to_bits() as i32))));

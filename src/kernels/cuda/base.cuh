@@ -8,15 +8,6 @@
 
 namespace zm {
 
-template <typename S>
-__device__ __forceinline__ long long numel(const S& shape, int ndim) {
-  long long n = 1;
-  for (int i = 0; i < ndim; ++i) {
-    n *= shape[i];
-  }
-  return n;
-}
-
 __device__ __forceinline__ float to_f(float v) { return v; }
 __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
