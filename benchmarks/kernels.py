@@ -12,6 +12,7 @@ time, next to the device-to-device copy bandwidth measured in the same run.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -234,6 +235,40 @@ def copy_bandwidth(rounds: int) -> float:
     return max(2 * x.nbytes / median([e for _, e in ts]) / 1e9 for ts in res.values())
 
 
+def markdown_table(payload: dict) -> str:
+    """The README table: per case, eval µs per call of each variant and our speedup."""
+    lines = [
+        "| case | shape | MLX ops µs | mx.compile µs | ours µs | ours (grad) µs "
+        "| ours vs best MLX, median [min-max] | ours GB/s (% of copy) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in payload["cases"]:
+        e, s = c["eval_us"], c["speedup_vs_best_mlx"]
+        grad = f"{e['ours (grad)']:.1f}" if "ours (grad)" in e else "-"
+        lines.append(
+            f"| {c['case']} | {c['shape']} | {e['mlx']:.1f} | {e['compiled']:.1f} "
+            f"| {e['ours']:.1f} | {grad} | {s['median']:.2f}x [{s['min']:.2f}-{s['max']:.2f}] "
+            f"| {c['ours_gbs']:.0f} ({100 * c['ours_fraction_of_copy']:.0f}%) |"
+        )
+    lines.append("")
+    lines.append(
+        f"{payload['device']}, mlx {payload['mlx']}, zmlx_rs {payload['zmlx_rs']}, "
+        f"{payload['dtype']}; eval time per call from {payload['rounds']} interleaved rounds "
+        f"of many calls in one graph; copy bandwidth {payload['copy_gbs']:.0f} GB/s."
+    )
+    return "\n".join(lines)
+
+
+def update_readme(table: str) -> None:
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = readme.read_text()
+    begin, end = "<!-- kernels:begin -->", "<!-- kernels:end -->"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+    print(f"updated {readme}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -241,7 +276,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="smaller prefill shapes (CPU smoke run)")
     ap.add_argument("--output", default="kernels.json")
+    ap.add_argument(
+        "--readme-from", metavar="JSON", help="only write the README table from a results file"
+    )
     args = ap.parse_args()
+    if args.readme_from:
+        update_readme(markdown_table(json.loads(Path(args.readme_from).read_text())))
+        return
 
     dev = device_name()
     copy_gbs = copy_bandwidth(args.rounds)
