@@ -5,8 +5,8 @@ from typing import final
 __all__ = [
     "MIN_ROUNDS",
     "BackendError",
-    "DTypeError",
     "Comparison",
+    "DTypeError",
     "KernelSpec",
     "Launch",
     "ShapeError",
