@@ -15,6 +15,7 @@ __all__ = [
     "bootstrap_median_ci",
     "check_dropout_p",
     "compare_rounds",
+    "keep",
     "kernel_names",
     "kernel_spec",
     "median",
@@ -25,6 +26,7 @@ __all__ = [
     "plan_glu_packed",
     "plan_glu_packed_backward",
     "plan_moe_gating",
+    "settled",
 ]
 
 __version__: str
@@ -117,8 +119,6 @@ class Comparison:
     def threshold(self) -> float: ...
     @property
     def verdict(self) -> str: ...
-    @property
-    def keep(self) -> bool: ...
 
 def median(values: list[float]) -> float: ...
 def bootstrap_median_ci(
@@ -133,3 +133,5 @@ def compare_rounds(
     resamples: int = 2000,
     seed: int = 0,
 ) -> Comparison: ...
+def keep(comparisons: list[Comparison]) -> bool: ...
+def settled(comparisons: list[Comparison]) -> bool: ...

@@ -29,15 +29,10 @@ impl Comparison {
     fn threshold(&self) -> f64 {
         self.inner.threshold
     }
-    /// `"gain"`, `"no_gain"` or `"unsure"`.
+    /// `"gain"`, `"no_gain"`, `"loss"` or `"unsure"`.
     #[getter]
     fn verdict(&self) -> &'static str {
         self.inner.verdict.name()
-    }
-    /// True only when the whole interval lies above the threshold.
-    #[getter]
-    fn keep(&self) -> bool {
-        self.inner.verdict == stats::Verdict::Gain
     }
 
     fn __repr__(&self) -> String {
@@ -96,11 +91,29 @@ fn compare_rounds(
     Ok(Comparison { inner })
 }
 
+fn inner(comparisons: &[Bound<'_, Comparison>]) -> Vec<stats::Comparison> {
+    comparisons.iter().map(|c| c.get().inner.clone()).collect()
+}
+
+/// Keep a candidate that gains on at least one workload's comparison and loses on none.
+#[pyfunction]
+fn keep(comparisons: Vec<Bound<'_, Comparison>>) -> bool {
+    stats::keep(&inner(&comparisons))
+}
+
+/// True when more rounds cannot change `keep`.
+#[pyfunction]
+fn settled(comparisons: Vec<Bound<'_, Comparison>>) -> bool {
+    stats::settled(&inner(&comparisons))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Comparison>()?;
     m.add_function(wrap_pyfunction!(median, m)?)?;
     m.add_function(wrap_pyfunction!(bootstrap_median_ci, m)?)?;
     m.add_function(wrap_pyfunction!(compare_rounds, m)?)?;
+    m.add_function(wrap_pyfunction!(keep, m)?)?;
+    m.add_function(wrap_pyfunction!(settled, m)?)?;
     m.add("MIN_ROUNDS", stats::MIN_ROUNDS)?;
     Ok(())
 }

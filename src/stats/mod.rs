@@ -4,8 +4,9 @@
 //! two means. The caller measures interleaved rounds (ABBA...) and passes, per round, the
 //! throughput of the baseline and of the candidate. Each round gives one ratio
 //! candidate / baseline; the summary is the median ratio and a percentile-bootstrap
-//! confidence interval of that median, and the candidate wins only if the whole interval
-//! lies above `1 + min_gain`.
+//! confidence interval of that median. On one workload a candidate gains when the whole
+//! interval lies above `1 + min_gain` and loses when it lies below `1 - min_gain`; over the
+//! workloads asked for, it is kept when it gains on at least one and loses on none.
 
 pub mod rng;
 
@@ -15,14 +16,17 @@ use rng::SplitMix64;
 /// Fewer paired rounds than this give a bootstrap interval too coarse to act on.
 pub const MIN_ROUNDS: usize = 3;
 
-/// What the rounds say about a candidate against the `1 + min_gain` threshold.
+/// What the rounds of one workload say about a candidate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// The whole interval lies above the threshold: keep the candidate.
+    /// The whole interval lies above `1 + min_gain`.
     Gain,
-    /// The whole interval lies below the threshold: more rounds will not make it win.
+    /// The whole interval lies below `1 + min_gain`, not all of it below `1 - min_gain`:
+    /// more rounds will not make it a gain, nor is it clearly slower.
     NoGain,
-    /// The interval straddles the threshold, or there are too few rounds to say.
+    /// The whole interval lies below `1 - min_gain`: clearly slower.
+    Loss,
+    /// The interval straddles `1 + min_gain`, or there are too few rounds to say.
     Unsure,
 }
 
@@ -31,6 +35,7 @@ impl Verdict {
         match self {
             Verdict::Gain => "gain",
             Verdict::NoGain => "no_gain",
+            Verdict::Loss => "loss",
             Verdict::Unsure => "unsure",
         }
     }
@@ -74,7 +79,7 @@ pub struct Comparison {
     pub median_ratio: f64,
     pub ci_low: f64,
     pub ci_high: f64,
-    /// `1 + min_gain`: what the interval's lower bound must beat.
+    /// What the interval's lower bound must beat: `1 + min_gain`.
     pub threshold: f64,
     pub verdict: Verdict,
 }
@@ -175,6 +180,8 @@ pub fn compare(
         Verdict::Unsure
     } else if ci_low > threshold {
         Verdict::Gain
+    } else if ci_high < 1.0 - min_gain {
+        Verdict::Loss
     } else if ci_high < threshold {
         Verdict::NoGain
     } else {
@@ -188,6 +195,20 @@ pub fn compare(
         threshold,
         verdict,
     })
+}
+
+/// The decision over the workloads asked for, one comparison each: keep a candidate that
+/// gains on at least one workload and loses on none. A candidate whose gain was never shown
+/// is dropped, so too few rounds (budget) err towards leaving the model as it was.
+pub fn keep(comparisons: &[Comparison]) -> bool {
+    let any = |v: Verdict| comparisons.iter().any(|c| c.verdict == v);
+    any(Verdict::Gain) && !any(Verdict::Loss)
+}
+
+/// True when more rounds cannot change [`keep`]: a loss was shown, or no workload is unsure.
+pub fn settled(comparisons: &[Comparison]) -> bool {
+    let any = |v: Verdict| comparisons.iter().any(|c| c.verdict == v);
+    any(Verdict::Loss) || !any(Verdict::Unsure)
 }
 
 #[cfg(test)]
@@ -321,10 +342,13 @@ mod tests {
     }
 
     #[test]
-    fn a_slowdown_is_rejected_and_a_noisy_tie_is_unsure() {
+    fn a_slowdown_is_a_loss_a_small_one_no_gain_and_a_noisy_tie_unsure() {
         let base = [100.0, 101.0, 99.0, 100.0, 102.0];
         let slow: Vec<f64> = base.iter().map(|b| b * 0.8).collect();
         let c = compare(&slow, &base, 0.02, boot()).unwrap();
+        assert_eq!(c.verdict, Verdict::Loss);
+        let level: Vec<f64> = base.iter().map(|b| b * 1.001).collect();
+        let c = compare(&level, &base, 0.02, boot()).unwrap();
         assert_eq!(c.verdict, Verdict::NoGain);
         // Ratios 0.95..1.05: the interval reaches both sides of 1.02.
         let noisy: Vec<f64> = base
@@ -341,6 +365,34 @@ mod tests {
         let c = compare(&[200.0, 200.0], &[100.0, 100.0], 0.02, boot()).unwrap();
         assert_eq!(c.verdict, Verdict::Unsure);
         assert_eq!(c.median_ratio, 2.0);
+    }
+
+    fn verdict(v: Verdict) -> Comparison {
+        Comparison {
+            rounds: 5,
+            median_ratio: 1.0,
+            ci_low: 1.0,
+            ci_high: 1.0,
+            threshold: 1.02,
+            verdict: v,
+        }
+    }
+
+    #[test]
+    fn keep_needs_a_gain_somewhere_and_no_loss_anywhere() {
+        use Verdict::*;
+        let case = |vs: &[Verdict]| {
+            let cs: Vec<Comparison> = vs.iter().map(|&v| verdict(v)).collect();
+            (keep(&cs), settled(&cs))
+        };
+        assert_eq!(case(&[Gain]), (true, true));
+        assert_eq!(case(&[Gain, NoGain]), (true, true));
+        assert_eq!(case(&[Gain, Unsure]), (true, false));
+        assert_eq!(case(&[Gain, Loss]), (false, true));
+        assert_eq!(case(&[NoGain, NoGain]), (false, true));
+        assert_eq!(case(&[Unsure, NoGain]), (false, false));
+        assert_eq!(case(&[Unsure, Loss]), (false, true));
+        assert_eq!(case(&[]), (false, true));
     }
 
     #[test]
