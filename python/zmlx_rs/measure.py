@@ -167,8 +167,12 @@ def compare_traces(
     tolerance of the reference (relative to the reference's largest logit)."""
     ref_logits, ref_tokens = reference
     cand_logits, cand_tokens = candidate
-    mismatch = next((i for i, (a, b) in enumerate(zip(ref_tokens, cand_tokens)) if a != b), None)
-    worst = max(float(mx.max(mx.abs(a - b)).item()) for a, b in zip(ref_logits, cand_logits))
+    mismatch = next(
+        (i for i, (a, b) in enumerate(zip(ref_tokens, cand_tokens, strict=True)) if a != b), None
+    )
+    worst = max(
+        float(mx.max(mx.abs(a - b)).item()) for a, b in zip(ref_logits, cand_logits, strict=True)
+    )
     scale = max(1.0, max(float(mx.max(mx.abs(a)).item()) for a in ref_logits))
     tolerance = LOGIT_TOLERANCE.get(dtype, LOGIT_TOLERANCE[mx.float16]) * scale
     ok = mismatch is None and worst <= tolerance

@@ -58,12 +58,12 @@ WORKLOADS = ("decode", "prefill")
 
 _MAX_ROUNDS = 16
 # Rounds the re-check of the kept set is given at least, when budgeting the candidates.
-_VERIFY_ROUNDS = 4
+_VERIFY_ROUNDS = 3
 _NUMERICS_STEPS = 16
 # A 64-token prompt sends every MoE layer down its sorted (prefill) path too.
 _NUMERICS_PROMPT = 64
 _DECODE_PROMPT = 32
-_PREFILL_PROMPT = 512
+_PREFILL_PROMPT = 512  # at most; shorter when the model is too slow for the budget
 _CACHE_FORMAT = 1
 
 
@@ -174,7 +174,9 @@ class SmartPatchReport(PatchReport):
         widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
         lines = [super().__str__(), "", self._smart_summary()]
         for r in rows:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+            lines.append(
+                "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+            )
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -304,7 +306,7 @@ def _fingerprint(model: nn.Module) -> dict[str, Any]:
     cls = type(model)
     return {
         "class": f"{cls.__module__}.{cls.__qualname__}",
-        "config": json.loads(json.dumps(config, sort_keys=True, default=str)),
+        "config": config,
         "parameters": params,
     }
 
@@ -317,7 +319,7 @@ def _device_name() -> str:
 def _key_material(
     model: nn.Module, chosen: list[Pattern], workloads: tuple[str, ...], min_gain: float
 ) -> dict[str, Any]:
-    return {
+    material = {
         "format": _CACHE_FORMAT,
         "model": _fingerprint(model),
         "backend": _backend.name(),
@@ -331,6 +333,8 @@ def _key_material(
         "workloads": list(workloads),
         "min_gain": min_gain,
     }
+    # As JSON gives it back (tuples become lists), so a loaded key compares equal.
+    return json.loads(json.dumps(material, sort_keys=True, default=str))
 
 
 def _digest(material: dict[str, Any]) -> str:
@@ -377,7 +381,7 @@ class _Progress:
         self.tty = sys.stderr.isatty()
         self.last_phase = ""
 
-    def update(self, phase: str) -> None:
+    def update(self, phase: str, detail: str = "") -> None:
         if not self.enabled:
             return
         spent = time.perf_counter() - self.start
@@ -389,7 +393,7 @@ class _Progress:
             return
         filled = min(20, int(20 * spent / self.budget_s))
         bar = "#" * filled + "." * (20 - filled)
-        line = f"\rsmart_patch [{bar}] {spent:5.1f}/{self.budget_s:.0f}s  {phase}"
+        line = f"\rsmart_patch [{bar}] {spent:5.1f}/{self.budget_s:.0f}s  {phase} {detail}"
         sys.stderr.write(line[:120].ljust(100))
         sys.stderr.flush()
 
@@ -486,6 +490,10 @@ class _Session:
         t = time.perf_counter()
         tps = measure.decode_tokens_per_s(self.model, self.decode_prompt, self.decode_tokens)
         self.decode_tokens = max(8, min(256, round(tps * self.measure_s)))
+        if "prefill" in self.workloads:
+            tps = measure.prefill_tokens_per_s(self.model, self.prefill_prompt)
+            length = max(64, min(_PREFILL_PROMPT, 64 * round(tps * self.measure_s / 64)))
+            self.prefill_prompt = self.prefill_prompt[:length]
         self.config_cost = time.perf_counter() - t
 
         decisions: dict[str, Decision] = {}
@@ -570,7 +578,10 @@ class _Session:
             got: dict[str, dict[str, float]] = {}
             for i, c in enumerate(order):
                 name = "unpatched" if c is None else c.name
-                self.bar.update(f"round {r + 1}: {name} ({i + 1}/{len(order)})")
+                self.bar.update(
+                    "timing " + ", ".join(x.name for x in candidates),
+                    f"round {r + 1}: {name} ({i + 1}/{len(order)})",
+                )
                 self.use(None if c is None else c.names)
                 got[name] = self.measure_all()
             self.use(None)
@@ -633,14 +644,14 @@ def _measurements(
 ) -> tuple[Measurement, ...]:
     return tuple(
         Measurement(w, c.rounds, c.median_ratio, c.ci_low, c.ci_high, c.verdict)
-        for w, c in zip(workloads, comparisons)
+        for w, c in zip(workloads, comparisons, strict=True)
     )
 
 
 def _reason(c: _Candidate, keep: bool) -> str:
     if not c.comparisons:
         return "budget spent before a round"
-    parts = [f"{w} {x.verdict}" for w, x in zip(c.rounds, c.comparisons)]
+    parts = [f"{w} {x.verdict}" for w, x in zip(c.rounds, c.comparisons, strict=True)]
     if keep:
         return "faster: " + ", ".join(parts)
     if any(x.rounds < _native.MIN_ROUNDS for x in c.comparisons):
