@@ -85,9 +85,7 @@ def patch(
 def unpatch(model: nn.Module) -> list[str]:
     """Put every original module back (innermost first); returns the paths restored."""
     if not isinstance(model, nn.Module):
-        raise ZmlxError(
-            f"unpatch(): 'model' must be an mlx.nn.Module, got {type(model).__name__}"
-        )
+        raise ZmlxError(f"unpatch(): 'model' must be an mlx.nn.Module, got {type(model).__name__}")
     fused = [(p, m) for p, m in model.named_modules() if isinstance(m, Fused)]
     fused.sort(key=lambda pm: pm[0].count("."), reverse=True)
     restored = []

@@ -486,14 +486,18 @@ class _Session:
         self.reference = measure.logit_trace(self.model, self.numerics_prompt, _NUMERICS_STEPS)
         self.dtype = _logits_dtype(self.model, self.numerics_prompt)
         self.numerics_cost = time.perf_counter() - t
-        self.warm_up()
+        measure.decode_tokens_per_s(self.model, self.decode_prompt, 4)  # warm-up
         t = time.perf_counter()
         tps = measure.decode_tokens_per_s(self.model, self.decode_prompt, self.decode_tokens)
         self.decode_tokens = max(8, min(256, round(tps * self.measure_s)))
         if "prefill" in self.workloads:
-            tps = measure.prefill_tokens_per_s(self.model, self.prefill_prompt)
+            # Sized on a short prompt first: a slow model must not spend the budget here.
+            short = self.prefill_prompt[:64]
+            measure.prefill_tokens_per_s(self.model, short)
+            tps = measure.prefill_tokens_per_s(self.model, short)
             length = max(64, min(_PREFILL_PROMPT, 64 * round(tps * self.measure_s / 64)))
             self.prefill_prompt = self.prefill_prompt[:length]
+            measure.prefill_tokens_per_s(self.model, self.prefill_prompt)  # warm-up
         self.config_cost = time.perf_counter() - t
 
         decisions: dict[str, Decision] = {}
@@ -544,7 +548,8 @@ class _Session:
         probe = patch(self.model, patterns=[pattern])
         unpatch(self.model)
         if not probe.patched:
-            why = "; ".join(sorted({s.reason for s in probe.skipped})) or "no candidate module"
+            reasons = sorted({" ".join(s.reason.split()) for s in probe.skipped})
+            why = "; ".join(reasons) or "no candidate module"
             return Decision(pattern.name, False, f"matches nothing ({why})"), None
         t = time.perf_counter()
         num = self.numerics([pattern.name])
@@ -642,6 +647,8 @@ def _strength(c: _Candidate) -> float:
 def _measurements(
     workloads: tuple[str, ...], comparisons: list[_native.Comparison]
 ) -> tuple[Measurement, ...]:
+    if not comparisons:  # no round fitted in the budget
+        return ()
     return tuple(
         Measurement(w, c.rounds, c.median_ratio, c.ci_low, c.ci_high, c.verdict)
         for w, c in zip(workloads, comparisons, strict=True)
