@@ -77,6 +77,8 @@ def patch(
     # A module another pattern took is not "skipped" by the ones that did not fit it.
     taken = {p.path for p in report.patched}
     report.skipped = [s for s in report.skipped if s.path not in taken]
+    report.patched.sort(key=lambda p: _path_order(p.path))
+    report.skipped.sort(key=lambda s: _path_order(s.path))
     if verbose:
         print(report)
     return report
@@ -86,12 +88,14 @@ def unpatch(model: nn.Module) -> list[str]:
     """Put every original module back (innermost first); returns the paths restored."""
     if not isinstance(model, nn.Module):
         raise ZmlxError(f"unpatch(): 'model' must be an mlx.nn.Module, got {type(model).__name__}")
-    fused = [(p, m) for p, m in model.named_modules() if isinstance(m, Fused)]
-    fused.sort(key=lambda pm: pm[0].count("."), reverse=True)
-    restored = []
-    for path, module in fused:
-        _set_module(model, path, registry.get(module.pattern).revert(module))
-        restored.append(path)
+    restored: list[str] = []
+    # A pattern may wrap another's fused module (the same path twice): loop until none left.
+    while fused := [(p, m) for p, m in model.named_modules() if isinstance(m, Fused)]:
+        fused.sort(key=lambda pm: pm[0].count("."), reverse=True)
+        for path, module in fused:
+            _set_module(model, path, registry.get(module.pattern).revert(module))
+            if path not in restored:
+                restored.append(path)
     return restored
 
 
@@ -115,6 +119,11 @@ def _choose(
 def _model_type(model: nn.Module) -> str:
     args = getattr(model, "args", None)
     return str(getattr(model, "model_type", None) or getattr(args, "model_type", "") or "")
+
+
+def _path_order(path: str) -> list[tuple[int, int | str]]:
+    """Sorts "layers.10" after "layers.9"."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in path.split(".")]
 
 
 def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:

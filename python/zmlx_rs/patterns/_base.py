@@ -34,11 +34,10 @@ _CONFIG_ATTRS = ("group_size", "bits", "mode", "group")
 
 class Pattern:
     """One rewrite: which modules it fits (`matches`), how to swap one in (`apply`) and back
-    (`revert`). Subclasses set `name` and `fused_types` (the modules `apply` returns)."""
+    (`revert`). The Fused modules `apply` returns carry the pattern's `name`."""
 
     name: str = ""
     description: str = ""
-    fused_types: tuple[type, ...] = ()
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         """`OK` if `apply` can patch `module`, a reason if it is a candidate that cannot be
@@ -137,7 +136,7 @@ def fuse_outputs(layers: Sequence[nn.Module]) -> tuple[nn.Module, list[int]]:
 def unfuse_outputs(fused: nn.Module, layers: Sequence[nn.Module], widths: Sequence[int]) -> None:
     """Give `layers` back their arrays, cut from `fused`: the same bits they had."""
     start = 0
-    for layer, width in zip(layers, widths):
+    for layer, width in zip(layers, widths, strict=True):
         for key in list(fused.keys()):
             a = fused[key]
             axis = _OUTPUT_AXIS[key] % a.ndim

@@ -116,7 +116,6 @@ class FusedQKVAttention(Fused):
 class AttentionQKV(Pattern):
     name = "attention_qkv"
     description = "attention: q|k|v in one projection + split"
-    fused_types = (FusedQKVAttention,)
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         if isinstance(module, Fused):

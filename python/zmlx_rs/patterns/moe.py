@@ -70,7 +70,6 @@ class FusedSwitchGLU(Fused):
 class MoEExperts(Pattern):
     name = "moe_experts"
     description = "MoE experts: gate|up in one gather matmul + fused SwiGLU"
-    fused_types = (FusedSwitchGLU,)
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         if type(module) is not SwitchGLU:
@@ -201,9 +200,14 @@ class FusedMoEBlock(Fused):
 
 
 class MoEBlock(Pattern):
+    """`fused_class` lets a specialised block (a FusedMoEBlock subclass, e.g. with a decode
+    kernel in `experts_and_combine`) take this pattern's place in the registry."""
+
     name = "moe_block"
     description = "MoE block: fused gating (moe_gating) + fused combine (gather_add)"
-    fused_types = (FusedMoEBlock,)
+
+    def __init__(self, fused_class: type[FusedMoEBlock] = FusedMoEBlock) -> None:
+        self.fused_class = fused_class
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         kind = type(module)
@@ -220,7 +224,7 @@ class MoEBlock(Pattern):
         return OK
 
     def apply(self, module: nn.Module, path: str) -> Fused:
-        return FusedMoEBlock(module, _ROUTING[type(module)](module))
+        return self.fused_class(module, _ROUTING[type(module)](module))
 
     def revert(self, fused: Fused) -> nn.Module:
         assert isinstance(fused, FusedMoEBlock)
