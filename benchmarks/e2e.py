@@ -3,11 +3,13 @@
     python benchmarks/e2e.py --models qwen3-30b-a3b,mistral-7b --layers 48 --rounds 8
 
 Writes JSON under benchmarks/results/ and prints a markdown table; `--readme` also puts the
-table into README.md between the e2e markers.
+table into README.md between the e2e markers; `--readme-from RESULT.json` only does that,
+from an earlier run's JSON.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -31,6 +33,9 @@ def update_readme(table: str) -> None:
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
+    if argv[:1] == ["--readme-from"] and len(argv) == 2:
+        update_readme(bench.markdown_table(json.loads(Path(argv[1]).read_text())))
+        sys.exit()
     readme = "--readme" in argv
     argv = [a for a in argv if a != "--readme"]
     result = bench.main(argv, default_out=ROOT / "benchmarks" / "results")

@@ -67,7 +67,7 @@ def test_e2e_benchmark_writes_json(tmp_path, capsys):
     nodes = row["nodes_per_decode_step"]
     assert nodes["unpatched"]["nodes"] > 0 and nodes["patched"]["nodes"] > 0
     assert row["decode"]["unpatched_tps"] > 0 and len(row["decode"]["patched_rounds"]) == 2
-    assert "| Qwen3-0.6B, bf16, scaled down | 1 |" in capsys.readouterr().out
+    assert "| Qwen3-0.6B, scaled down | 1 | float32 |" in capsys.readouterr().out
 
 
 def test_demo_runs_smart_patch_and_generates(capsys):

@@ -314,3 +314,47 @@ def test_prompts_from_a_tokenizer_or_ids():
             return [ord(c) % 96 for c in text[:10]]
 
     assert measure.prompt_tokens(model, Chars(), 25).tolist()[:10] == Chars().encode(measure._TEXT)
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.cuda
+def test_gpu_planted_slow_pattern_leaves_the_model_no_slower(tmp_path, monkeypatch):
+    """Done-when check: smart_patch over every pattern plus a planted slow one, on a
+    Qwen3-30B-A3B-shaped 4-bit model, leaves decode no slower than unpatched; the second
+    call is a cache hit."""
+    from zmlx_rs import synthetic
+    from zmlx_rs.patch import patch, unpatch
+
+    monkeypatch.setenv("ZMLX_RS_CACHE_DIR", str(tmp_path / "cache"))
+    model = synthetic.build("qwen3-30b-a3b", layers=12)
+    saved = list(registry.ALL)
+    registry.register(_PlantedPattern(SlowFused, type(model.layers[0].mlp)))
+    try:
+        names = registry.names()
+        report = smart_patch(model, patterns=names, budget_s=150)
+        print(report)
+        assert "planted_slow" in names and "planted_slow" not in report.kept
+        assert "planted_slow" not in fused_patterns(model)
+
+        plan = report.to_dict() if report.patched else None
+        prompt = measure.prompt_tokens(model, None, 32)
+        runs: dict[str, list[float]] = {"unpatched": [], "patched": []}
+        for r in range(8):
+            for config in ("unpatched", "patched") if r % 2 == 0 else ("patched", "unpatched"):
+                unpatch(model)
+                if config == "patched" and plan is not None:
+                    patch(model, plan=plan)
+                runs[config].append(measure.decode_tokens_per_s(model, prompt, 48))
+        c = _native.compare_rounds(runs["patched"], runs["unpatched"], min_gain=0.02)
+        print(c)
+        assert c.verdict != "loss"
+
+        unpatch(model)
+        start = time.perf_counter()
+        again = smart_patch(model, patterns=names, budget_s=150)
+        assert again.cached and time.perf_counter() - start < 1.0
+        assert again.paths() == report.paths()
+    finally:
+        registry.ALL[:] = saved

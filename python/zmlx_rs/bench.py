@@ -153,15 +153,17 @@ def run_model(
 
 def markdown_table(result: dict[str, Any]) -> str:
     head = (
-        "| model | layers | patched | decode tok/s (unpatched → patched) | decode ratio [95% CI]"
-        " | prefill tok/s | prefill ratio [95% CI] | nodes/decode step | greedy identical |"
+        "| model | layers | weights | patched | decode tok/s (unpatched → patched)"
+        " | decode ratio [95% CI] | prefill tok/s | prefill ratio [95% CI]"
+        " | nodes/decode step | greedy identical |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in result["rows"]:
         d, p = r["decode"], r["prefill"]
         nodes = r["nodes_per_decode_step"]
         patched = ", ".join(f"{n} {k}" for k, n in r["patched"].items()) or "nothing"
         num = r["numerics"]
+        weights = f"{r['bits']}-bit, {r['dtype']}" if r["bits"] else r["dtype"]
         same = (
             f"yes ({num['greedy_steps']} steps)"
             if num["ok"]
@@ -172,7 +174,7 @@ def markdown_table(result: dict[str, Any]) -> str:
             )
         )
         lines.append(
-            f"| {r['notes']} | {r['layers']} | {patched} "
+            f"| {r['notes']} | {r['layers']} | {weights} | {patched} "
             f"| {d['unpatched_tps']:.1f} → {d['patched_tps']:.1f} "
             f"| {d['median_ratio']:.3f}x [{d['ci_low']:.3f}, {d['ci_high']:.3f}] "
             f"| {p['unpatched_tps']:.0f} → {p['patched_tps']:.0f} "

@@ -243,10 +243,9 @@ def smart_patch(
     if not remeasure:
         cached = _load_plan(path, key_material)
         if cached is not None:
-            applied = patch(model, plan=cached) if cached.patched else PatchReport()
-            if {(p.path, p.pattern) for p in applied.patched} == {
-                (p.path, p.pattern) for p in cached.patched
-            }:
+            applied = patch(model, patterns=chosen, plan=cached) if cached.patched else None
+            done = applied.patched if applied is not None else []
+            if {(p.path, p.pattern) for p in done} == {(p.path, p.pattern) for p in cached.patched}:
                 cached.cached = True
                 cached.elapsed_s = time.perf_counter() - start
                 return cached

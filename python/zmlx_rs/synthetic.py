@@ -71,7 +71,7 @@ SHAPES: dict[str, Shape] = {
             "max_position_embeddings": 40960,
             "tie_word_embeddings": False,
         },
-        notes="Qwen3-30B-A3B, 4-bit",
+        notes="Qwen3-30B-A3B",
     ),
     "mixtral-8x7b": Shape(
         "mixtral-8x7b",
@@ -81,11 +81,9 @@ SHAPES: dict[str, Shape] = {
             "num_local_experts": 8,
             "num_experts_per_tok": 2,
         },
-        notes="Mixtral-8x7B, 4-bit",
+        notes="Mixtral-8x7B",
     ),
-    "mistral-7b": Shape(
-        "mistral-7b", {**_MISTRAL_7B, "model_type": "mistral"}, notes="Mistral-7B, 4-bit"
-    ),
+    "mistral-7b": Shape("mistral-7b", {**_MISTRAL_7B, "model_type": "mistral"}, notes="Mistral-7B"),
     "qwen3-0.6b": Shape(
         "qwen3-0.6b",
         {
@@ -103,7 +101,7 @@ SHAPES: dict[str, Shape] = {
             "tie_word_embeddings": True,
         },
         bits=None,
-        notes="Qwen3-0.6B, bf16",
+        notes="Qwen3-0.6B",
     ),
 }
 
