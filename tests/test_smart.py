@@ -304,6 +304,16 @@ def test_numerics_compare_teacher_forced_traces():
     assert not bad.ok and ("differs" in bad.describe() or "over" in bad.describe())
 
 
+def test_near_tie_flips_pass_and_real_mismatches_fail():
+    ref = ([mx.array([[0.0, 5.0, 4.999]]), mx.array([1.0, 0.0, 3.0])], [1, 2])
+    tie = ([mx.array([[0.0, 4.9995, 5.0]]), mx.array([1.0, 0.0, 3.0])], [2, 2])
+    num = measure.compare_traces(ref, tie, mx.float32)
+    assert num.ok and not num.identical and num.tie_flips == 1
+    flip = ([mx.array([[0.0, 5.0, 4.999]]), mx.array([1.0, 3.0, 2.999])], [1, 1])
+    num = measure.compare_traces(ref, flip, mx.float32)
+    assert not num.ok and num.first_token_mismatch == 1 and "beyond a near tie" in num.describe()
+
+
 def test_prompts_from_a_tokenizer_or_ids():
     model = build("llama")
     ids = measure.prompt_tokens(model, None, 20)

@@ -124,8 +124,10 @@ def run_model(
         "nodes_per_decode_step": {"unpatched": nodes_before, "patched": nodes_after},
         "numerics": {
             "ok": numerics.ok,
+            "greedy_identical": numerics.identical,
             "greedy_steps": numerics.steps,
             "first_token_mismatch": numerics.first_token_mismatch,
+            "near_tie_flips": numerics.tie_flips,
             "max_abs_dlogit": numerics.max_abs_dlogit,
             "tolerance": numerics.tolerance,
         },
@@ -164,15 +166,14 @@ def markdown_table(result: dict[str, Any]) -> str:
         patched = ", ".join(f"{n} {k}" for k, n in r["patched"].items()) or "nothing"
         num = r["numerics"]
         weights = f"{r['bits']}-bit, {r['dtype']}" if r["bits"] else r["dtype"]
-        same = (
-            f"yes ({num['greedy_steps']} steps)"
-            if num["ok"]
-            else (
-                f"no (token {num['first_token_mismatch']})"
-                if num["first_token_mismatch"] is not None
-                else f"tokens yes, |Δlogit| {num['max_abs_dlogit']:.3g}"
-            )
-        )
+        if num["greedy_identical"]:
+            same = f"yes ({num['greedy_steps']} steps)"
+        elif num["first_token_mismatch"] is None:
+            same = f"no: {num['near_tie_flips']} near-tie flips"
+        else:
+            same = f"no (token {num['first_token_mismatch']})"
+        if num["max_abs_dlogit"] > num["tolerance"]:
+            same += f", |Δlogit| {num['max_abs_dlogit']:.3g} over tolerance"
         lines.append(
             f"| {r['notes']} | {r['layers']} | {weights} | {patched} "
             f"| {d['unpatched_tps']:.1f} → {d['patched_tps']:.1f} "

@@ -175,10 +175,6 @@ def build(
     return model
 
 
-def _leaf_modules(module: nn.Module) -> list[nn.Module]:
-    return [m for _, m in module.named_modules() if not m.children() or _is_quantized(m)]
-
-
 def _is_quantized(m: nn.Module) -> bool:
     return isinstance(m.get("scales"), mx.array) and isinstance(m.get("weight"), mx.array)
 
@@ -186,12 +182,13 @@ def _is_quantized(m: nn.Module) -> bool:
 def _randomize(module: nn.Module, key: mx.array, dtype: mx.Dtype) -> None:
     """Random values of a sane scale for every array in `module`'s leaves, in `dtype`:
     outputs of every layer keep roughly unit variance, so activations stay finite."""
-    keys = mx.random.split(key, max(2, len(leaves := _leaf_modules(module))))
-    for i, leaf in enumerate(leaves):
-        k = keys[i]
+    modules = [m for _, m in module.named_modules()]
+    keys = mx.random.split(key, max(2, len(modules)))
+    for leaf, k in zip(modules, keys, strict=False):
         if _is_quantized(leaf):
             _random_quantized(leaf, k, dtype)
             continue
+        # Only the module's own arrays: its children get their turn in this loop.
         for name, a in list(leaf.items()):
             if not isinstance(a, mx.array) or not mx.issubdtype(a.dtype, mx.floating):
                 continue
