@@ -1,8 +1,8 @@
 """smart_patch: keep only the patterns that measurably speed this model up on this machine.
 
 Each candidate pattern is applied alone, checked for numerics against the unpatched model
-(identical greedy tokens, except near-tie flips that its own |Δlogit| explains; logits
-within a dtype tolerance), then timed against the
+(identical greedy tokens, except where the unpatched model's top two logits tie at its
+dtype's precision; logits within a dtype tolerance), then timed against the
 unpatched model in interleaved A/B rounds (A B | B A | A B ...) in this process, after a
 warm-up that takes JIT compilation out of the timings. The per-round throughput ratios go
 to the Rust statistics (`zmlx_rs._native.compare_rounds`): median ratio and a seeded
