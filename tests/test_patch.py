@@ -4,6 +4,7 @@ restore, generation APIs, LoRA training, memory, the report and its plan."""
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 
 import mlx.core as mx
@@ -17,6 +18,7 @@ from mlx_lm.tuner.trainer import default_loss
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from tiny import FAMILIES, build, snapshot, tokenizer
 from zmlx_rs import PatchReport, ZmlxError, patterns
+from zmlx_rs.patterns.dense_mlp import _gated_form
 from zmlx_rs.patterns.moe import FusedMoEBlock, FusedSwitchGLU, MoEBlock
 
 # Prompt long enough that tokens x top-k >= 64: the MoE prefill takes the sorted path.
@@ -32,14 +34,14 @@ EXPECTED = {
     "qwen3_moe": {"moe_block": 1, "moe_experts": 1, "attention_qkv": 2, "dense_mlp": 1},
     "qwen2_moe": {"moe_block": 2, "moe_experts": 2, "attention_qkv": 2, "dense_mlp": 2},
     "qwen3_next": {"moe_block": 2, "moe_experts": 2, "dense_mlp": 2},
-    "mixtral": {"moe_block": 2, "moe_experts": 2},
+    "mixtral": {"moe_block": 2, "moe_experts": 2, "attention_qkv": 2},
     "glm4_moe": {"moe_block": 1, "moe_experts": 1, "dense_mlp": 2},
     "deepseek_v3": {"moe_block": 1, "moe_experts": 1, "dense_mlp": 2},
     "gemma": {"attention_qkv": 2, "dense_mlp": 2},
     "gemma2": {"dense_mlp": 2},
     "phi3": {"dense_mlp": 2},
     "internlm2": {"dense_mlp": 2},
-    "gpt_oss": {},
+    "gpt_oss": {"moe_block": 2},
 }
 assert set(EXPECTED) == set(FAMILIES)
 
@@ -268,28 +270,27 @@ def test_mixed_quantization_is_skipped_with_reason():
     assert all("mixed layer types" in s.reason for s in report.skipped)
 
 
-def _half_model(family: str, dtype: mx.Dtype, bits: int | None) -> nn.Module:
-    model = build(family, bits=bits)
-    model.set_dtype(dtype)
-    return model
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("bits", [None, 4], ids=["dense", "q4"])
-@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16], ids=str)
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_cuda_parity_half_precision(family, dtype, bits):
-    model = _half_model(family, dtype, bits)
+def test_cuda_parity(family, dtype, bits):
+    """The CUDA kernels inside patched models. fp32: greedy decoding identical; half
+    precision (fp32 math rounded once in the kernels, vs mlx-lm's half-precision ops):
+    logits within tolerance and the same argmax almost everywhere."""
+    model = build(family, bits=bits)
+    model.set_dtype(dtype)
     ref = model(PROMPT).astype(mx.float32)
-    ref_tokens = greedy(model, 16)
+    ref_tokens = greedy(model, 32)
     zmlx_rs.patch(model)
     out = model(PROMPT).astype(mx.float32)
-    scale = mx.abs(ref).max().item()
-    assert mx.abs(out - ref).max().item() <= 3e-2 * max(scale, 1.0)
-    agree = (out.argmax(-1) == ref.argmax(-1)).mean().item()
-    assert agree >= 0.9
-    tokens = greedy(model, 16)
-    assert sum(a == b for a, b in zip(tokens, ref_tokens, strict=True)) >= 12
+    scale = max(mx.abs(ref).max().item(), 1.0)
+    if dtype == mx.float32:
+        assert mx.abs(out - ref).max().item() <= 1e-3 * scale
+        assert greedy(model, 32) == ref_tokens
+    else:
+        assert mx.abs(out - ref).max().item() <= 5e-2 * scale
+        assert (out.argmax(-1) == ref.argmax(-1)).mean().item() >= 0.9
     zmlx_rs.unpatch(model)
     assert mx.array_equal(model(PROMPT).astype(mx.float32), ref)
 
@@ -314,3 +315,77 @@ def test_a_specialised_moe_block_can_take_the_patterns_place():
         assert mx.array_equal(model(PROMPT), ref)
     finally:
         patterns.ALL[:] = saved
+
+
+def test_moe_beyond_the_gating_kernel_is_skipped_with_reason():
+    model = build("qwen3_moe", num_experts=32)
+    block = model.model.layers[1].mlp
+    for top_k, reason in [(40, "top-k 40 not in 1..32"), (17, "moe_gating cannot route it")]:
+        block.top_k = top_k
+        report = zmlx_rs.patch(model, patterns=["moe_block"])
+        assert report.patched == [] and reason in report.skipped[0].reason
+    block.top_k = 8
+    assert zmlx_rs.patch(model, patterns=["moe_block"]).counts() == {"moe_block": 1}
+
+
+ACCEPTED_MLPS = {
+    # module.class: (activation, projections feeding it, down projection)
+    "llama.MLP": ("silu", ("gate_proj", "up_proj"), "down_proj"),
+    "glm4_moe.MLP": ("silu", ("gate_proj", "up_proj"), "down_proj"),
+    "exaone.MLP": ("silu", ("c_fc_0", "c_fc_1"), "c_proj"),
+    "internlm2.MLP": ("silu", ("w1", "w3"), "w2"),
+    "qwen.MLP": ("silu", ("w2", "w1"), "c_proj"),
+    "dbrx.MLP": ("silu", ("w1", "v1"), "w2"),
+    "phi3.MLP": ("silu", ("gate_up_proj",), "down_proj"),
+    "glm4.Glm4MLP": ("silu", ("gate_up_proj",), "down_proj"),
+    "plamo2.MLP": ("silu", ("gate_up_proj",), "down_proj"),
+    "gemma.MLP": ("gelu", ("gate_proj", "up_proj"), "down_proj"),
+    "gemma2.MLP": ("gelu_approx", ("gate_proj", "up_proj"), "down_proj"),
+    "olmo_hybrid.MLP": ("silu", ("gate_proj", "up_proj"), "down_proj"),
+}
+REJECTED_MLPS = ["gpt2.MLP", "step3p5.Step3p5MLP", "phi3small.MLP", "lille-130m.Lille130mMLP"]
+
+
+def _model_class(name: str) -> type:
+    module, cls = name.rsplit(".", 1)
+    return getattr(importlib.import_module(f"mlx_lm.models.{module}"), cls)
+
+
+@pytest.mark.parametrize("name", list(ACCEPTED_MLPS))
+def test_gated_mlp_forms_read_from_source(name):
+    assert _gated_form(_model_class(name)) == ACCEPTED_MLPS[name]
+
+
+@pytest.mark.parametrize("name", REJECTED_MLPS)
+def test_other_mlp_forms_are_rejected(name):
+    assert isinstance(_gated_form(_model_class(name)), str)
+
+
+def test_a_module_shared_between_layers_is_fused_once():
+    model = build("llama")
+    layers = model.model.layers
+    layers[1].mlp = layers[0].mlp
+    ref = model(PROMPT)
+    report = zmlx_rs.patch(model, patterns=["dense_mlp"])
+    assert layers[0].mlp is layers[1].mlp
+    assert sum(p.note.startswith("shared with model.layers.") for p in report.patched) == 1
+    assert close(model(PROMPT), ref)
+    zmlx_rs.unpatch(model)
+    assert layers[0].mlp is layers[1].mlp and not isinstance(layers[0].mlp, patterns.Fused)
+    assert mx.array_equal(model(PROMPT), ref)
+
+
+def test_lora_on_fused_projections_trains_and_blocks_unpatch():
+    """Default LoRA keys pick up the fused projections themselves: training works; unpatch
+    refuses (the stacked weights now sit under a LoRA layer) instead of corrupting."""
+    model = build("qwen3")
+    zmlx_rs.patch(model)
+    model.freeze()
+    linear_to_lora_layers(model, 2, {"rank": 4, "scale": 10.0, "dropout": 0.0})
+    assert "LoRA" in type(model.model.layers[0].mlp.gate_up_proj).__name__
+    batch = mx.array([[(5 * i) % 96 for i in range(24)]])
+    loss, grads = nn.value_and_grad(model, default_loss)(model, batch, mx.array([[0, 23]]))
+    assert mx.isfinite(loss[0]).item() and grads
+    with pytest.raises(ZmlxError, match="LoRA"):
+        zmlx_rs.unpatch(model)
+    assert isinstance(model.model.layers[0].mlp, patterns.Fused)

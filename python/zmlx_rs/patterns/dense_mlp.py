@@ -184,6 +184,8 @@ class FusedGatedMLP(Fused):
     ) -> None:
         super().__init__(original)
         self.gate_up_proj = gate_up_proj
+        if len(source[0]) == 2:
+            self.holds_stack("gate_up_proj")
         self.down_proj = down_proj
         self.activation = activation
         # (projection attrs, widths, down attr) on the original, to put everything back.
