@@ -216,6 +216,7 @@ def smart_patch(
     progress: bool = True,
 ) -> SmartPatchReport:
     """Patch `model` in place with the patterns that make it faster here; returns the report.
+    Starts from the unpatched model: an earlier `patch` is undone first.
 
     - `tokenizer`: prompts are text through it when given, else random token ids.
     - `patterns`: candidates (names or Pattern objects); default: all registered patterns.
