@@ -187,6 +187,7 @@ def test_lora_training_losses_match(family):
         model.freeze()
         mx.random.seed(1)
         linear_to_lora_layers(model, 2, lora)
+        model.train()  # as mlx_lm's trainer does: patched modules take the differentiable path
         optimizer = optim.Adam(learning_rate=1e-2)
         step = nn.value_and_grad(model, default_loss)
         losses = []
