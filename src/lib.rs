@@ -5,3 +5,4 @@
 pub mod error;
 pub mod kernels;
 mod py;
+pub mod stats;

@@ -5,16 +5,19 @@ from zmlx_rs._native import __version__
 from zmlx_rs.errors import BackendError, DTypeError, ShapeError, ZmlxError
 from zmlx_rs.patch import patch, unpatch
 from zmlx_rs.report import PatchReport
+from zmlx_rs.smart import SmartPatchReport, smart_patch
 
 __all__ = [
     "BackendError",
     "DTypeError",
     "PatchReport",
     "ShapeError",
+    "SmartPatchReport",
     "ZmlxError",
     "__version__",
     "kernels",
     "patch",
     "reference",
+    "smart_patch",
     "unpatch",
 ]

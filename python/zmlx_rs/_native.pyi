@@ -3,16 +3,22 @@
 from typing import final
 
 __all__ = [
+    "MIN_ROUNDS",
     "BackendError",
+    "Comparison",
     "DTypeError",
     "KernelSpec",
     "Launch",
     "ShapeError",
     "ZmlxError",
     "__version__",
+    "bootstrap_median_ci",
     "check_dropout_p",
+    "compare_rounds",
+    "keep",
     "kernel_names",
     "kernel_spec",
+    "median",
     "plan_dropout",
     "plan_gather_add",
     "plan_glu",
@@ -20,9 +26,11 @@ __all__ = [
     "plan_glu_packed",
     "plan_glu_packed_backward",
     "plan_moe_gating",
+    "settled",
 ]
 
 __version__: str
+MIN_ROUNDS: int
 
 class ZmlxError(ValueError): ...
 class ShapeError(ZmlxError): ...
@@ -94,3 +102,36 @@ def plan_moe_gating(
 def plan_gather_add(
     y_shape: list[int], y_dtype: str, scores_shape: list[int], scores_dtype: str
 ) -> Launch: ...
+
+@final
+class Comparison:
+    """Paired A/B rounds of one candidate against the baseline, judged by the decision rule."""
+
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def median_ratio(self) -> float: ...
+    @property
+    def ci_low(self) -> float: ...
+    @property
+    def ci_high(self) -> float: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def verdict(self) -> str: ...
+
+def median(values: list[float]) -> float: ...
+def bootstrap_median_ci(
+    values: list[float], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]: ...
+def compare_rounds(
+    candidate: list[float],
+    baseline: list[float],
+    *,
+    min_gain: float,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Comparison: ...
+def keep(comparisons: list[Comparison]) -> bool: ...
+def settled(comparisons: list[Comparison]) -> bool: ...
