@@ -4,4 +4,5 @@
 
 pub mod error;
 pub mod kernels;
+pub mod nvrtc;
 mod py;

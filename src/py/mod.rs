@@ -3,6 +3,7 @@
 
 mod errors;
 mod kernels;
+mod nvrtc;
 
 use pyo3::prelude::*;
 
@@ -11,6 +12,7 @@ use pyo3::prelude::*;
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     kernels::register(m)?;
+    nvrtc::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

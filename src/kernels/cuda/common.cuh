@@ -2,7 +2,8 @@
 // same sources build inside mx.fast.cuda_kernel and on their own.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <stdint.h>
+// NVRTC ships no libc headers; libcu++ defines the fixed-width types in every compiler.
+#include <cuda/std/cstdint>
 
 #define ZM_NEG_INF (__int_as_float(0xff800000))
 
