@@ -82,6 +82,41 @@ impl Specialisation {
     }
 }
 
+impl Specialisation {
+    /// The translation unit `mx.fast.cuda_kernel` builds for this specialisation (MLX 0.32's
+    /// `build_kernel`: its device header, our header, then the kernel in `mlx::core::cu` with
+    /// shape and ndim parameters for the input the body sizes itself by). For compile checks
+    /// of the JIT path; MLX compiles it with its own headers, which its wheel does not ship.
+    pub fn mlx_wrapped_source(&self) -> Result<String> {
+        let k = self.kernel;
+        let body = k.cuda_kernel_body();
+        let mut params = Vec::new();
+        for (name, dtype) in k.inputs.iter().zip(&self.input_dtypes) {
+            params.push(format!("const {}* {name}", cuda_type(*dtype)?));
+            if body.contains(&format!("{name}_shape")) {
+                params.push(format!("const __grid_constant__ Shape {name}_shape"));
+            }
+            if body.contains(&format!("{name}_strides")) {
+                params.push(format!("const __grid_constant__ Strides {name}_strides"));
+            }
+            if body.contains(&format!("{name}_ndim")) {
+                params.push(format!("const __grid_constant__ int {name}_ndim"));
+            }
+        }
+        for (name, dtype) in k.outputs.iter().zip(&self.output_dtypes) {
+            params.push(format!("{}* {name}", cuda_type(*dtype)?));
+        }
+        Ok(format!(
+            "#include \"mlx/backend/cuda/device/utils.cuh\"\n\n#include <cooperative_groups.h>\n\n\
+             {COMMON_HEADER}namespace mlx::core::cu {{\n\nnamespace cg = cooperative_groups;\n\n\
+             __global__ void custom_kernel_{}(\n    {}) {{\n{}\n{body}\n}}\n\n}} // namespace mlx::core::cu\n",
+            self.symbol(),
+            params.join(",\n    "),
+            template_prelude(&self.template)?,
+        ))
+    }
+}
+
 /// `constexpr`/`using` lines for the template arguments, as MLX emits them.
 pub fn template_prelude(template: &[(&'static str, TemplateArg)]) -> Result<String> {
     let mut s = String::new();

@@ -33,6 +33,12 @@ impl Specialisation {
         Ok(self.inner.precompiled_source()?)
     }
 
+    /// The translation unit `mx.fast.cuda_kernel` would build (for compile checks).
+    #[getter]
+    fn mlx_source(&self) -> PyResult<String> {
+        Ok(self.inner.mlx_wrapped_source()?)
+    }
+
     /// Index of the input whose element count the kernel takes as its `numel` scalar.
     #[getter]
     fn numel_input(&self) -> usize {
