@@ -193,7 +193,14 @@ pub fn specialisations() -> Vec<Specialisation> {
             dropout::plan(&[4, 64], dt, 0.1, &[2], DType::U32),
             vec![dt, DType::U32],
         );
-        for (experts, k) in [(128, 8), (8, 2), (5, 1)] {
+        // Register arrays scale with E/32 and K: every size class the tests use in fp32,
+        // the production sizes in the half types.
+        let gating_sizes: &[(usize, i64)] = if dt == DType::F32 {
+            &[(128, 8), (8, 2), (8, 1), (60, 4), (512, 16)]
+        } else {
+            &[(128, 8), (8, 2)]
+        };
+        for &(experts, k) in gating_sizes {
             for mode in [
                 moe_gating::Mode::Softmax,
                 moe_gating::Mode::TopkSoftmax,
@@ -201,7 +208,7 @@ pub fn specialisations() -> Vec<Specialisation> {
             ] {
                 for norm in [true, false] {
                     add(
-                        moe_gating::plan(&[3, experts], dt, k as i64, mode, norm, None, 1.0),
+                        moe_gating::plan(&[3, experts], dt, k, mode, norm, None, 1.0),
                         vec![dt],
                     );
                 }
@@ -211,7 +218,7 @@ pub fn specialisations() -> Vec<Specialisation> {
                 moe_gating::plan(
                     &[3, experts],
                     dt,
-                    k as i64,
+                    k,
                     moe_gating::Mode::Sigmoid,
                     true,
                     bias,
@@ -261,6 +268,21 @@ mod tests {
             !src.contains("_shape"),
             "the shape prelude is MLX's path only"
         );
+    }
+
+    #[test]
+    fn mlx_rendering_mirrors_build_kernel() {
+        let l = glu::plan_packed(glu::Activation::Silu, &[2, 16], DType::F16).unwrap();
+        let s = Specialisation::of_launch(&l, vec![DType::F16]).unwrap();
+        let src = s.mlx_wrapped_source().unwrap();
+        assert!(src.starts_with("#include \"mlx/backend/cuda/device/utils.cuh\""));
+        assert!(src.contains(
+            "__global__ void custom_kernel_zmlx_glu_packed_float16_8_0(\n    const __half* h,\n    \
+             const __grid_constant__ Shape h_shape,\n    const __grid_constant__ int h_ndim,\n    \
+             __half* out) {"
+        ));
+        assert!(src.contains("zm::numel(h_shape, h_ndim)"));
+        assert!(src.ends_with("} // namespace mlx::core::cu\n"));
     }
 
     #[test]

@@ -415,3 +415,57 @@ impl Compiler {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn touch(path: &Path) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, b"").unwrap();
+    }
+
+    #[test]
+    fn locates_the_pip_layout_and_requires_every_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let nvidia = dir.path().join("nvidia");
+        touch(&nvidia.join("cu13/lib/libnvrtc.so.13"));
+        touch(&nvidia.join("cu13/include/cuda_fp16.h"));
+        touch(&nvidia.join("cu13/include/cuda_bf16.h"));
+        let e = Toolchain::locate(std::slice::from_ref(&nvidia), None, &[]).unwrap_err();
+        assert!(e.to_string().contains("<nv/target>"), "{e}");
+        // MLX-CUDA's bundled CCCL provides it when nvidia-cuda-cccl is absent.
+        let mlx_cccl = dir.path().join("mlx/include/cccl");
+        touch(&mlx_cccl.join("nv/target"));
+        let t = Toolchain::locate(
+            std::slice::from_ref(&nvidia),
+            None,
+            std::slice::from_ref(&mlx_cccl),
+        )
+        .unwrap();
+        assert_eq!(t.library, nvidia.join("cu13/lib/libnvrtc.so.13"));
+        assert_eq!(t.include_dirs, vec![nvidia.join("cu13/include"), mlx_cccl]);
+    }
+
+    #[test]
+    fn falls_back_to_cuda_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("cuda");
+        touch(&home.join("lib64/libnvrtc.so"));
+        for h in REQUIRED_HEADERS {
+            touch(&home.join("include").join(h));
+        }
+        let t = Toolchain::locate(&[dir.path().join("missing")], Some(&home), &[]).unwrap();
+        assert_eq!(t.library, home.join("lib64/libnvrtc.so"));
+        let e = Toolchain::locate(&[], None, &[]).unwrap_err();
+        assert!(e.to_string().contains("nvidia-cuda-nvrtc==13"), "{e}");
+    }
+
+    #[test]
+    fn arch_follows_mlx() {
+        assert_eq!(device_arch(9, 0), "sm_90a");
+        assert_eq!(device_arch(10, 0), "sm_100a");
+        assert_eq!(device_arch(8, 9), "sm_89");
+    }
+}
