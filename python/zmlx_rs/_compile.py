@@ -103,10 +103,11 @@ def use_precompiled(enabled: bool) -> None:
     """Turns the precompiled path on or off for kernels not yet launched in this process."""
     with _state.lock:
         _state.enabled = enabled
-        _state.ready = False
         _state.compiler = None
-        _state.reason = None if enabled else "turned off (use_precompiled(False))"
         _state.kernels.clear()
+        # Off needs no start; on starts (loads NVRTC, probes) at the next launch.
+        _state.ready = not enabled
+        _state.reason = None if enabled else "turned off (use_precompiled(False))"
 
 
 def _disable(reason: str) -> None:
