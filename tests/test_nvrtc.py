@@ -161,6 +161,14 @@ def test_device_arch_matches_mlx():
     assert _native.device_arch(8, 6) == "sm_86"
 
 
+def test_compute_capability_from_device_info():
+    info = {"compute_capability_major": 9, "compute_capability_minor": 0}
+    assert _compile._compute_capability(info) == (9, 0)
+    assert _compile._compute_capability({"architecture": "sm_120"}) == (12, 0)
+    with pytest.raises(_native.BackendError, match="compute capability"):
+        _compile._compute_capability({"architecture": "x86_64"})
+
+
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(_compile.CACHE_DIR_ENV, str(tmp_path))
     assert _compile.cache_dir() == tmp_path

@@ -116,6 +116,16 @@ def _disable(reason: str) -> None:
     log.debug("precompiled kernels off, mx.fast.cuda_kernel instead: %s", reason)
 
 
+def _compute_capability(info: dict[str, Any]) -> tuple[int, int]:
+    """(major, minor) from `mx.device_info()`; older MLX only names the arch (`sm_90`)."""
+    if "compute_capability_major" in info:
+        return int(info["compute_capability_major"]), int(info["compute_capability_minor"])
+    arch = str(info.get("architecture", ""))
+    if arch.startswith("sm_") and arch[3:].isdigit():
+        return int(arch[3:-1]), int(arch[-1])
+    raise _native.BackendError(f"cannot tell the GPU's compute capability from {info}")
+
+
 def _start() -> None:
     """Loads NVRTC for the default device and runs the probe kernel; on any failure records
     why and leaves the JIT path on."""
@@ -125,10 +135,7 @@ def _start() -> None:
     if not hasattr(mx.fast, "precompiled_cuda_kernel"):
         return _disable("this MLX has no mx.fast.precompiled_cuda_kernel")
     try:
-        info = mx.device_info()
-        arch = _native.device_arch(
-            int(info["compute_capability_major"]), int(info["compute_capability_minor"])
-        )
+        arch = _native.device_arch(*_compute_capability(mx.device_info()))
         library, includes = locate()
         comp = _native.KernelCompiler(library, includes, arch, cache_dir())
         probe = comp.compile_unit(_PROBE_SYMBOL, _PROBE_SOURCE)
@@ -143,11 +150,12 @@ def _start() -> None:
             scalars=[2],
             grid=(1, 1, 1),
             threadgroup=(1, 1, 1),
+            stream=mx.gpu,
         )
         got = out.item()
         if got != 3.5:
             return _disable(f"probe kernel returned {got}, expected 3.5")
-    except Exception as e:
+    except Exception as e:  # whatever failed, the JIT path still works
         return _disable(f"{type(e).__name__}: {e}")
     _state.compiler = comp
     _state.toolchain = {
@@ -186,7 +194,7 @@ def precompiled(launch: _native.Launch, input_dtypes: list[str]) -> tuple[str, b
         spec = _native.specialisation(launch, input_dtypes)
         try:
             c = comp.compile(spec)
-        except Exception as e:
+        except _native.ZmlxError as e:  # a compile error: this kernel runs through the JIT
             _state.fallbacks[spec.symbol] = f"{type(e).__name__}: {e}"
             log.debug("%s falls back to mx.fast.cuda_kernel: %s", spec.symbol, e)
             _state.kernels[key] = None
