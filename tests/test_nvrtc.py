@@ -275,3 +275,20 @@ def test_a_fresh_process_reads_the_warm_cache(tmp_path):
     assert cold.strip() == "[('miss', 3)]", cold
     assert warm.strip() == "[('hit', 3)]", warm
     assert any(Path(tmp_path).glob("zmlx_glu_float16_0-*.cubin"))
+
+
+@pytest.mark.cuda
+def test_without_nvrtc_kernels_run_through_the_jit(fresh_state, monkeypatch):
+    def missing():
+        raise _native.BackendError("NVRTC not found (planted)")
+
+    monkeypatch.setattr(_compile, "locate", missing)
+    pre, jit = both_paths("zmlx_glu", _native.plan_glu)
+    x = mx.random.normal((2, 64))
+    args = ("silu", [2, 64], "float32", [2, 64], "float32")
+    a = pre([x, x], pre.launch(("k",), *args))[0]
+    b = jit([x, x], jit.launch(("k",), *args))[0]
+    assert pre._launches[("k",)].precompiled is False
+    assert mx.array_equal(a, b).item()
+    report = _compile.report()
+    assert report["path"] == "cuda_kernel" and "planted" in report["reason"]

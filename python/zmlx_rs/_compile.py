@@ -76,11 +76,10 @@ def _mlx_include_dirs() -> list[Path]:
 
 
 def locate() -> tuple[Path, list[Path]]:
-    """`(libnvrtc, include_dirs)`; raises BackendError naming what is missing."""
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    return _native.locate_toolchain(
-        _nvidia_dirs(), Path(home) if home else None, _mlx_include_dirs()
-    )
+    """`(libnvrtc, include_dirs)`: the pip packages first, then `$CUDA_HOME` (or `$CUDA_PATH`,
+    else /usr/local/cuda, as MLX looks); raises BackendError naming what is missing."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    return _native.locate_toolchain(_nvidia_dirs(), Path(home), _mlx_include_dirs())
 
 
 class _State:
