@@ -63,9 +63,6 @@ def one_unit(specs, sources, prefix):
     return prefix + "".join(src[len(prefix) :] for src in sources)
 
 
-HEADER = _native.kernel_spec("zmlx_glu").header
-
-
 def check_all(compile_unit, groups):
     def one(item):
         name, source = item
@@ -92,15 +89,27 @@ def test_specialisations_cover_every_kernel():
 
 def test_every_kernel_compiles_for_precompiled_launch(toolchain):
     comp = compiler(toolchain)
-    units = {k: one_unit(v, [s.source for s in v], HEADER) for k, v in by_kernel(SPECS).items()}
+    units = {
+        k: one_unit(v, [s.source for s in v], _native.kernel_spec(k).header)
+        for k, v in by_kernel(SPECS).items()
+    }
     failures = check_all(comp.compile_source, units)
     assert not failures, "\n\n".join(failures)
 
 
-def mlx_unit(specs):
-    sources = [s.mlx_source for s in specs]
-    prefix = sources[0][: sources[0].index("namespace mlx::core::cu {")]
-    return one_unit(specs, sources, prefix)
+def mlx_units(specs):
+    """One unit per distinct header (kernels sharing helpers compile together)."""
+    groups: dict[str, tuple[list, list]] = {}
+    for s in specs:
+        src = s.mlx_source
+        prefix = src[: src.index("namespace mlx::core::cu {")]
+        groups.setdefault(prefix, ([], []))
+        groups[prefix][0].append(s)
+        groups[prefix][1].append(src)
+    return {
+        "mlx_" + specs[0].kernel: one_unit(specs, sources, prefix)
+        for prefix, (specs, sources) in groups.items()
+    }
 
 
 def test_every_kernel_compiles_as_mlx_wraps_it(toolchain):
@@ -112,7 +121,7 @@ def test_every_kernel_compiles_as_mlx_wraps_it(toolchain):
         lambda src, name: comp.compile_source(
             src, name, [MLX_UTILS_STANDIN, COOPERATIVE_GROUPS_STANDIN]
         ),
-        {"mlx_wrapped": mlx_unit(one_each)},
+        mlx_units(one_each),
     )
     assert not failures, "\n\n".join(failures)
 
@@ -327,3 +336,20 @@ def test_without_nvrtc_kernels_run_through_the_jit(fresh_state, monkeypatch):
     assert mx.array_equal(a, b).item()
     report = _compile.report()
     assert report["path"] == "cuda_kernel" and "planted" in report["reason"]
+
+
+def test_patch_report_shows_the_kernel_path(fresh_state):
+    from zmlx_rs.report import PatchReport
+
+    _compile.use_precompiled(False)
+    kernels = PatchReport().kernels
+    assert kernels["path"] == "cuda_kernel" and "use_precompiled(False)" in kernels["reason"]
+
+
+@pytest.mark.cuda
+def test_patch_report_summary_names_the_path():
+    from zmlx_rs.report import PatchReport
+
+    x = mx.ones((2, 64), dtype=mx.bfloat16)
+    mx.eval(K.swiglu(x, x))
+    assert "kernels: precompiled" in str(PatchReport()), _compile.report()

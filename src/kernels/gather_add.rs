@@ -12,6 +12,7 @@ pub static GATHER_ADD: KernelSource = KernelSource {
     inputs: &["y", "scores"],
     outputs: &["out"],
     numel_of: "scores",
+    helpers: &[],
     body: include_str!("cuda/gather_add.cu"),
 };
 

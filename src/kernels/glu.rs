@@ -3,7 +3,7 @@
 
 use super::{
     linear_grid, numel, require_float, require_rank, require_size, vector_width, DType,
-    KernelSource, Launch, TemplateArg,
+    KernelSource, Launch, TemplateArg, ACTIVATIONS,
 };
 use crate::error::{shape_str, Error, Result};
 
@@ -12,6 +12,7 @@ pub static GLU: KernelSource = KernelSource {
     inputs: &["gate", "up"],
     outputs: &["out"],
     numel_of: "gate",
+    helpers: &[ACTIVATIONS],
     body: include_str!("cuda/glu.cu"),
 };
 
@@ -20,6 +21,7 @@ pub static GLU_PACKED: KernelSource = KernelSource {
     inputs: &["h"],
     outputs: &["out"],
     numel_of: "h",
+    helpers: &[ACTIVATIONS],
     body: include_str!("cuda/glu_packed.cu"),
 };
 
@@ -28,6 +30,7 @@ pub static GLU_BACKWARD: KernelSource = KernelSource {
     inputs: &["gate", "up", "cotan"],
     outputs: &["d_gate", "d_up"],
     numel_of: "gate",
+    helpers: &[ACTIVATIONS],
     body: include_str!("cuda/glu_backward.cu"),
 };
 
@@ -36,6 +39,7 @@ pub static GLU_PACKED_BACKWARD: KernelSource = KernelSource {
     inputs: &["h", "cotan"],
     outputs: &["d_h"],
     numel_of: "h",
+    helpers: &[ACTIVATIONS],
     body: include_str!("cuda/glu_packed_backward.cu"),
 };
 

@@ -12,8 +12,14 @@ pub mod render;
 use crate::error::{Error, Result};
 use std::fmt;
 
-/// Device helpers shared by every kernel: float conversion and vector access.
-pub const COMMON_HEADER: &str = include_str!("cuda/common.cuh");
+/// Device helpers every kernel includes: float conversion, vector access.
+pub const BASE: &str = include_str!("cuda/base.cuh");
+/// Gated-MLP activations and their derivatives.
+pub const ACTIVATIONS: &str = include_str!("cuda/activations.cuh");
+/// Warp-wide reductions.
+pub const WARP: &str = include_str!("cuda/warp.cuh");
+/// The Philox4x32-10 counter-based generator.
+pub const PHILOX: &str = include_str!("cuda/philox.cuh");
 
 /// Element types the kernels see. Names follow `mlx.core.Dtype` (`float32`, `bfloat16`...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,27 +109,53 @@ pub enum TemplateArg {
     DType(DType),
 }
 
-/// One kernel of the catalog: the body MLX wraps in a generated signature, and the names of
-/// its parameters. `numel_of` names the input whose element count the body reads as `numel`.
+/// One kernel of the catalog: the body MLX wraps in a generated signature, the helper
+/// headers it needs (after [`BASE`]), and the names of its parameters. `numel_of` names the
+/// input whose element count the body reads as `numel`.
 #[derive(Debug)]
 pub struct KernelSource {
     pub name: &'static str,
     pub inputs: &'static [&'static str],
     pub outputs: &'static [&'static str],
     pub numel_of: &'static str,
+    pub helpers: &'static [&'static str],
     pub body: &'static str,
 }
 
 impl KernelSource {
+    /// The helper code placed before the kernel, minified: MLX hashes the whole source on
+    /// every evaluation, so every byte here is paid per call.
+    pub fn header(&self) -> String {
+        let mut out = minify(BASE);
+        for h in self.helpers {
+            out.push_str(&minify(h));
+        }
+        out
+    }
+
     /// The body as `mx.fast.cuda_kernel` takes it: a prelude that derives `numel` from the
-    /// shape MLX passes for `numel_of`, then the kernel's own code.
+    /// shape MLX passes for `numel_of`, then the kernel's own code, minified.
     pub fn cuda_kernel_body(&self) -> String {
         let n = self.numel_of;
         format!(
-            "  const long long numel = zm::numel({n}_shape, {n}_ndim);\n{}",
-            self.body
+            "const long long numel=zm::numel({n}_shape,{n}_ndim);\n{}",
+            minify(self.body)
         )
     }
+}
+
+/// Drops comments, indentation and blank lines; keeps line structure for the preprocessor.
+/// The sources contain no string literals, so `//` always starts a comment.
+pub fn minify(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    for line in src.lines() {
+        let code = line.split("//").next().unwrap_or("").trim();
+        if !code.is_empty() {
+            out.push_str(code);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Everything the Python layer needs to call one kernel on arrays of one signature.
@@ -242,6 +274,19 @@ mod tests {
             for p in k.inputs.iter().chain(k.outputs) {
                 assert!(k.body.contains(p), "{} never uses {p}", k.name);
             }
+        }
+    }
+
+    #[test]
+    fn minify_keeps_code_and_preprocessor_lines() {
+        let src = "// title\n#include <a.h>\n\n  int x = 1;  // why\n#pragma unroll\n";
+        assert_eq!(minify(src), "#include <a.h>\nint x = 1;\n#pragma unroll\n");
+        for k in catalog() {
+            assert!(
+                k.header().len() + k.cuda_kernel_body().len() < 6000,
+                "{}",
+                k.name
+            );
         }
     }
 

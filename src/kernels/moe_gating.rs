@@ -3,7 +3,7 @@
 
 use super::{
     linear_grid, numel, require_float, require_rank, require_size, DType, KernelSource, Launch,
-    TemplateArg,
+    TemplateArg, WARP,
 };
 use crate::error::{shape_str, Error, Result};
 
@@ -12,6 +12,7 @@ pub static MOE_GATING: KernelSource = KernelSource {
     inputs: &["logits"],
     outputs: &["scores", "indices"],
     numel_of: "logits",
+    helpers: &[WARP],
     body: concat!(
         "  auto bias_at = [](int) { return 0.0f; };\n",
         include_str!("cuda/moe_gating.cu")
@@ -23,6 +24,7 @@ pub static MOE_GATING_BIASED: KernelSource = KernelSource {
     inputs: &["logits", "bias"],
     outputs: &["scores", "indices"],
     numel_of: "logits",
+    helpers: &[WARP],
     body: concat!(
         "  auto bias_at = [&](int e) { return zm::to_f(bias[e]); };\n",
         include_str!("cuda/moe_gating.cu")

@@ -3,7 +3,7 @@
 //! count passed as a scalar (`mx.fast.precompiled_cuda_kernel` appends scalars after the
 //! outputs), so the bodies stay shared with the `mx.fast.cuda_kernel` path.
 
-use super::{DType, KernelSource, Launch, TemplateArg, COMMON_HEADER};
+use super::{DType, KernelSource, Launch, TemplateArg};
 use crate::error::{Error, Result};
 use std::fmt::Write;
 
@@ -53,7 +53,7 @@ impl Specialisation {
         s
     }
 
-    /// The full source NVRTC compiles: common header, then one `extern "C"` kernel.
+    /// The full source NVRTC compiles: the kernel's header, then one `extern "C"` kernel.
     pub fn precompiled_source(&self) -> Result<String> {
         let k = self.kernel;
         let mut params = Vec::new();
@@ -64,8 +64,9 @@ impl Specialisation {
             params.push(format!("{}* __restrict__ {name}", cuda_type(*dtype)?));
         }
         params.push("const int zm_numel".to_string());
-        let mut src = String::with_capacity(COMMON_HEADER.len() + k.body.len() + 1024);
-        src.push_str(COMMON_HEADER);
+        let header = k.header();
+        let mut src = String::with_capacity(header.len() + k.body.len() + 1024);
+        src.push_str(&header);
         writeln!(src, "\n// {}: precompiled by zmlx_rs", self.symbol()).expect("String");
         writeln!(
             src,
@@ -108,8 +109,9 @@ impl Specialisation {
         }
         Ok(format!(
             "#include \"mlx/backend/cuda/device/utils.cuh\"\n\n#include <cooperative_groups.h>\n\n\
-             {COMMON_HEADER}namespace mlx::core::cu {{\n\nnamespace cg = cooperative_groups;\n\n\
+             {}namespace mlx::core::cu {{\n\nnamespace cg = cooperative_groups;\n\n\
              __global__ void custom_kernel_{}(\n    {}) {{\n{}\n{body}\n}}\n\n}} // namespace mlx::core::cu\n",
+            k.header(),
             self.symbol(),
             params.join(",\n    "),
             template_prelude(&self.template)?,
@@ -281,7 +283,7 @@ mod tests {
              const __grid_constant__ Shape h_shape,\n    const __grid_constant__ int h_ndim,\n    \
              __half* out) {"
         ));
-        assert!(src.contains("zm::numel(h_shape, h_ndim)"));
+        assert!(src.contains("zm::numel(h_shape,h_ndim)"));
         assert!(src.ends_with("} // namespace mlx::core::cu\n"));
     }
 
