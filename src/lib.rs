@@ -4,5 +4,6 @@
 
 pub mod error;
 pub mod kernels;
+pub mod nvrtc;
 mod py;
 pub mod stats;

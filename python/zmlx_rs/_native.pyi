@@ -1,23 +1,30 @@
 """Type stubs for the Rust extension module `zmlx_rs._native`."""
 
+from os import PathLike
+from pathlib import Path
 from typing import final
 
 __all__ = [
     "MIN_ROUNDS",
     "BackendError",
     "Comparison",
+    "CompiledKernel",
     "DTypeError",
+    "KernelCompiler",
     "KernelSpec",
     "Launch",
     "ShapeError",
+    "Specialisation",
     "ZmlxError",
     "__version__",
     "bootstrap_median_ci",
     "check_dropout_p",
     "compare_rounds",
+    "device_arch",
     "keep",
     "kernel_names",
     "kernel_spec",
+    "locate_toolchain",
     "median",
     "plan_dropout",
     "plan_gather_add",
@@ -27,6 +34,8 @@ __all__ = [
     "plan_glu_packed_backward",
     "plan_moe_gating",
     "settled",
+    "specialisation",
+    "specialisations",
 ]
 
 __version__: str
@@ -135,3 +144,63 @@ def compare_rounds(
 ) -> Comparison: ...
 def keep(comparisons: list[Comparison]) -> bool: ...
 def settled(comparisons: list[Comparison]) -> bool: ...
+
+@final
+class Specialisation:
+    """One compiled variant of a catalog kernel: template values and argument dtypes."""
+
+    @property
+    def kernel(self) -> str: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def mlx_source(self) -> str: ...
+    @property
+    def input_dtypes(self) -> list[str]: ...
+
+@final
+class CompiledKernel:
+    """A cubin ready for `mx.fast.precompiled_cuda_kernel`, and how the cache served it."""
+
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def cubin(self) -> bytes: ...
+    @property
+    def cache(self) -> str: ...
+
+@final
+class KernelCompiler:
+    """NVRTC loaded from `library`, targeting `arch`, caching cubins under `cache_dir`."""
+
+    def __new__(
+        cls,
+        library: str | PathLike[str],
+        include_dirs: list[str | PathLike[str]],
+        arch: str,
+        cache_dir: str | PathLike[str] | None,
+    ) -> KernelCompiler: ...
+    @property
+    def arch(self) -> str: ...
+    @property
+    def nvrtc_version(self) -> tuple[int, int]: ...
+    @property
+    def library(self) -> Path: ...
+    @property
+    def cache_dir(self) -> Path | None: ...
+    def compile(self, spec: Specialisation) -> CompiledKernel: ...
+    def compile_unit(self, symbol: str, source: str) -> CompiledKernel: ...
+    def compile_source(
+        self, source: str, file_name: str, headers: list[tuple[str, str]] = ...
+    ) -> bytes: ...
+
+def specialisation(launch: Launch, input_dtypes: list[str]) -> Specialisation: ...
+def specialisations() -> list[Specialisation]: ...
+def locate_toolchain(
+    nvidia_dirs: list[str | PathLike[str]],
+    cuda_home: str | PathLike[str] | None,
+    extra_include_dirs: list[str | PathLike[str]],
+) -> tuple[Path, list[Path]]: ...
+def device_arch(major: int, minor: int) -> str: ...

@@ -13,7 +13,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from zmlx_rs import _backend, _native
+from zmlx_rs import _backend, _compile, _native
 from zmlx_rs import reference as ref
 
 __all__ = [
@@ -47,6 +47,7 @@ _DTYPE_NAMES: dict[mx.Dtype, str] = {
 }
 _DTYPE_NAMES[mx.bool_] = "bool"
 _DTYPES: dict[str, mx.Dtype] = {v: k for k, v in _DTYPE_NAMES.items()}
+_precompiled_kernel = getattr(mx.fast, "precompiled_cuda_kernel", None)
 # Prefill sees a new token count per prompt; bound the per-signature launch caches.
 _MAX_LAUNCHES = 4096
 
@@ -62,7 +63,16 @@ def _dtype_name(a: Any, arg: str, op: str) -> str:
 class _Launch:
     """A native Launch converted once into the arguments `cuda_kernel` objects take."""
 
-    __slots__ = ("empty", "grid", "output_dtypes", "output_shapes", "template", "threadgroup")
+    __slots__ = (
+        "empty",
+        "grid",
+        "native",
+        "output_dtypes",
+        "output_shapes",
+        "precompiled",
+        "template",
+        "threadgroup",
+    )
 
     def __init__(self, launch: _native.Launch) -> None:
         self.template = [(n, _DTYPES[v] if isinstance(v, str) else v) for n, v in launch.template]
@@ -72,19 +82,27 @@ class _Launch:
         self.output_dtypes = [_DTYPES[d] for d in launch.output_dtypes]
         # Empty arrays: CUDA cannot launch zero blocks, and there is nothing to compute.
         self.empty = launch.grid[0] == 0
+        self.native = launch
+        # (symbol, cubin) once resolved; False: this launch runs the JIT kernel.
+        self.precompiled: tuple[str, bytes] | bool | None = None
 
 
 class _Kernel:
-    """One catalog kernel: its `mx.fast.cuda_kernel` object (built on first CUDA use) and its
-    launches cached by input signature, so a steady-state call is a dict hit and one node."""
+    """One catalog kernel. Each launch signature resolves once to a cubin precompiled with
+    NVRTC (`zmlx_rs._compile`, disk-cached) run by `mx.fast.precompiled_cuda_kernel`, or else
+    to the `mx.fast.cuda_kernel` object (built on first use); a steady-state call is a dict hit
+    and one node. `precompiled=False` pins the JIT path (benchmarks compare the two)."""
 
-    __slots__ = ("_fn", "_launches", "_plan", "name")
+    __slots__ = ("_fn", "_launches", "_plan", "name", "precompiled")
 
-    def __init__(self, name: str, plan: Callable[..., _native.Launch]) -> None:
+    def __init__(
+        self, name: str, plan: Callable[..., _native.Launch], precompiled: bool = True
+    ) -> None:
         self.name = name
         self._plan = plan
         self._fn: Any = None
         self._launches: dict[tuple, _Launch] = {}
+        self.precompiled = precompiled
 
     def launch(self, key: tuple, *plan_args: Any) -> _Launch:
         """Validates (in Rust) the first time a signature is seen; raises ZmlxError subclasses."""
@@ -96,10 +114,35 @@ class _Kernel:
             self._launches[key] = got
         return got
 
+    def _resolve(self, inputs: Sequence[mx.array], launch: _Launch) -> tuple | bool:
+        found = None
+        if self.precompiled:
+            found = _compile.precompiled(launch.native, [_DTYPE_NAMES[a.dtype] for a in inputs])
+        if found is None:
+            launch.precompiled = False
+        else:
+            launch.precompiled = found
+        return launch.precompiled
+
     def __call__(self, inputs: Sequence[mx.array], launch: _Launch) -> list[mx.array]:
         if launch.empty:
             shapes, dtypes = launch.output_shapes, launch.output_dtypes
             return [mx.zeros(s, d) for s, d in zip(shapes, dtypes, strict=True)]
+        pre = launch.precompiled
+        if pre is None:
+            pre = self._resolve(inputs, launch)
+        if pre:
+            return _precompiled_kernel(
+                name=pre[0],
+                compiled_source=pre[1],
+                inputs=inputs,
+                output_shapes=launch.output_shapes,
+                output_dtypes=launch.output_dtypes,
+                scalars=[],
+                grid=launch.grid,
+                threadgroup=launch.threadgroup,
+                ensure_row_contiguous=True,
+            )
         fn = self._fn
         if fn is None:
             spec = _native.kernel_spec(self.name)

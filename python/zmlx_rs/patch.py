@@ -14,6 +14,7 @@ from typing import Any
 
 import mlx.nn as nn
 
+from zmlx_rs import _backend, _compile
 from zmlx_rs import patterns as registry
 from zmlx_rs.errors import ZmlxError
 from zmlx_rs.patterns import OK, Fused, Pattern
@@ -91,6 +92,9 @@ def patch(
     report.skipped = [s for s in report.skipped if s.path not in taken]
     report.patched.sort(key=lambda p: _path_order(p.path))
     report.skipped.sort(key=lambda s: _path_order(s.path))
+    if report.patched and _backend.on_cuda():
+        # Load NVRTC and probe now, so the report says which launch path the kernels take.
+        _compile.compiler()
     if verbose:
         print(report)
     return report

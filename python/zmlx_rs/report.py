@@ -11,6 +11,7 @@ import html
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from zmlx_rs import _backend, _compile
 from zmlx_rs.errors import ZmlxError
 
 __all__ = ["PatchReport", "Patched", "Skipped"]
@@ -40,6 +41,13 @@ class PatchReport:
     patched: list[Patched] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     model_type: str = ""
+
+    @property
+    def kernels(self) -> dict[str, Any]:
+        """How the fused kernels launch, live: `path` ("precompiled" cubins or the
+        "cuda_kernel" JIT), `reason` when precompiled is off, per-kernel `fallbacks`, cache
+        hits/misses (`zmlx_rs._compile.report()`)."""
+        return _compile.report()
 
     def paths(self, pattern: str | None = None) -> list[str]:
         """Patched module paths, of one pattern if given."""
@@ -82,7 +90,15 @@ class PatchReport:
     def _summary(self) -> str:
         counts = ", ".join(f"{n} {k}" for k, n in self.counts().items()) or "nothing"
         model = f" {self.model_type}" if self.model_type else ""
-        return f"PatchReport{model}: patched {counts}; skipped {len(self.skipped)}"
+        out = f"PatchReport{model}: patched {counts}; skipped {len(self.skipped)}"
+        if _backend.on_cuda():
+            k = self.kernels
+            out += f"; kernels: {k['path']}"
+            if k["reason"]:
+                out += f" ({k['reason']})"
+            if k["fallbacks"]:
+                out += f", {len(k['fallbacks'])} through the JIT (see .kernels)"
+        return out
 
     def __str__(self) -> str:
         rows = self._rows()

@@ -7,6 +7,7 @@ pub mod dropout;
 pub mod gather_add;
 pub mod glu;
 pub mod moe_gating;
+pub mod render;
 
 use crate::error::{Error, Result};
 use std::fmt;

@@ -23,7 +23,7 @@ pub struct KernelSpec {
 /// How to call one kernel on arrays of one signature. Dtypes are `mlx.core.Dtype` names.
 #[pyclass(frozen, module = "zmlx_rs._native")]
 pub struct Launch {
-    inner: CoreLaunch,
+    pub(crate) inner: CoreLaunch,
 }
 
 #[pymethods]
@@ -83,7 +83,7 @@ impl Launch {
     }
 }
 
-fn dtype(op: &'static str, arg: &'static str, name: &str) -> Result<DType, Error> {
+pub(crate) fn dtype(op: &'static str, arg: &'static str, name: &str) -> Result<DType, Error> {
     DType::parse(name).ok_or_else(|| Error::dtype(op, arg, "an mlx dtype", format!("'{name}'")))
 }
 

@@ -3,6 +3,7 @@
 
 mod errors;
 mod kernels;
+mod nvrtc;
 mod stats;
 
 use pyo3::prelude::*;
@@ -13,6 +14,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     kernels::register(m)?;
     stats::register(m)?;
+    nvrtc::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
