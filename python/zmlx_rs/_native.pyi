@@ -15,6 +15,8 @@ __all__ = [
     "kernel_spec",
     "plan_dropout",
     "plan_gather_add",
+    "plan_gather_qmv_combine",
+    "plan_gather_qmv_swiglu",
     "plan_glu",
     "plan_glu_backward",
     "plan_glu_packed",
@@ -93,4 +95,23 @@ def plan_moe_gating(
 ) -> Launch: ...
 def plan_gather_add(
     y_shape: list[int], y_dtype: str, scores_shape: list[int], scores_dtype: str
+) -> Launch: ...
+def plan_gather_qmv_swiglu(
+    x: tuple[list[int], str],
+    indices: tuple[list[int], str],
+    w: tuple[list[int], str],
+    scales: tuple[list[int], str],
+    biases: tuple[list[int], str],
+    bits: int,
+    group_size: int,
+) -> Launch: ...
+def plan_gather_qmv_combine(
+    act: tuple[list[int], str],
+    indices: tuple[list[int], str],
+    scores: tuple[list[int], str],
+    w: tuple[list[int], str],
+    scales: tuple[list[int], str],
+    biases: tuple[list[int], str],
+    bits: int,
+    group_size: int,
 ) -> Launch: ...

@@ -7,12 +7,16 @@ pub mod dropout;
 pub mod gather_add;
 pub mod glu;
 pub mod moe_gating;
+pub mod moe_qmv;
 
 use crate::error::{Error, Result};
 use std::fmt;
 
 /// Device helpers shared by every kernel: float conversion and vector access.
-pub const COMMON_HEADER: &str = include_str!("cuda/common.cuh");
+pub const COMMON_HEADER: &str = concat!(
+    include_str!("cuda/common.cuh"),
+    include_str!("cuda/qmv_common.cuh")
+);
 
 /// Element types the kernels see. Names follow `mlx.core.Dtype` (`float32`, `bfloat16`...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -208,6 +212,8 @@ pub fn catalog() -> Vec<&'static KernelSource> {
         &moe_gating::MOE_GATING,
         &moe_gating::MOE_GATING_BIASED,
         &gather_add::GATHER_ADD,
+        &moe_qmv::MOE_QMV_SWIGLU,
+        &moe_qmv::MOE_QMV_COMBINE,
     ]
 }
 
