@@ -9,10 +9,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-
+import tiny
+import zmlx_rs
 from zmlx_rs import _native, kernels
 from zmlx_rs import reference as ref
-from zmlx_rs.patterns import moe_decode
+from zmlx_rs.patterns import Fused, moe_decode
 
 
 def _experts(n_experts, rows, cols, bits, group_size, dtype, key):
@@ -86,76 +87,23 @@ def test_bad_arguments_raise_typed_errors():
         kernels.gather_qmv_combine(None, inds, scores, *down, group_size=64, bits=4)
 
 
-def _tiny_qwen3_moe(bits=4, group_size=32):
-    from mlx_lm.models import qwen3_moe
-
-    args = qwen3_moe.ModelArgs(
-        model_type="qwen3_moe",
-        hidden_size=64,
-        num_hidden_layers=2,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_experts=8,
-        num_experts_per_tok=2,
-        decoder_sparse_step=1,
-        mlp_only_layers=[],
-        moe_intermediate_size=32,
-        rms_norm_eps=1e-6,
-        vocab_size=97,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        max_position_embeddings=128,
-        norm_topk_prob=True,
-    )
-    mx.random.seed(3)
-    model = qwen3_moe.Model(args)
-    nn.quantize(model, group_size=group_size, bits=bits)
-    mx.eval(model.parameters())
-    return model
+_PATTERNS = ["moe_decode", "moe_experts"]
 
 
-def test_pattern_matches_unpatched_model():
-    model = _tiny_qwen3_moe()
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "glm4_moe"])
+def test_pattern_matches_unpatched_model(family):
+    model = tiny.build(family, bits=4, group_size=32)
     tokens = mx.array([[1, 5, 9, 2, 33, 70, 4, 8]])
     want = model(tokens)
-    paths = moe_decode.patch_moe_decode(model)
-    assert paths == ["layers.0.mlp", "layers.1.mlp"]
-    assert all(isinstance(layer.mlp, moe_decode.MoEDecode) for layer in model.layers)
-    got = model(tokens)
-    assert mx.allclose(got, want, rtol=1e-4, atol=1e-4)
-    # The decode shape (one token) and the sorted prefill shape (>= 64 pairs) both run.
-    assert model(tokens[:, :1]).shape == (1, 1, 97)
-    assert model(mx.arange(40)[None] % 97).shape == (1, 40, 97)
-
-
-def test_pattern_skips_unquantised_blocks():
-    from mlx_lm.models import qwen3_moe
-
-    block = qwen3_moe.Qwen3MoeSparseMoeBlock(
-        qwen3_moe.ModelArgs(
-            model_type="qwen3_moe",
-            hidden_size=32,
-            num_hidden_layers=1,
-            intermediate_size=64,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=16,
-            num_experts=4,
-            num_experts_per_tok=2,
-            decoder_sparse_step=1,
-            mlp_only_layers=[],
-            moe_intermediate_size=32,
-            rms_norm_eps=1e-6,
-            vocab_size=10,
-            rope_theta=10000.0,
-            tie_word_embeddings=False,
-            max_position_embeddings=64,
-            norm_topk_prob=True,
-        )
-    )
-    assert moe_decode.gating_mode(block) is None
+    report = zmlx_rs.patch(model, patterns=_PATTERNS)
+    blocks = [m for _, m in model.named_modules() if isinstance(m, moe_decode.FusedMoEDecodeBlock)]
+    assert blocks and {p.pattern for p in report.patched} == set(_PATTERNS)
+    assert mx.allclose(model(tokens), want, rtol=1e-4, atol=1e-4)
+    # Decode (one token) and the sorted prefill path (>= 64 pairs) both run.
+    assert model(tokens[:, :1]).shape == (1, 1, 96)
+    assert model(mx.arange(40)[None] % 96).shape == (1, 40, 96)
+    zmlx_rs.unpatch(model)
+    assert not any(isinstance(m, Fused) for _, m in model.named_modules())
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,11 +176,10 @@ def test_kernels_take_int32_indices_and_fp32_scores():
 
 
 @pytest.mark.cuda
-def test_pattern_decode_uses_the_kernels():
-    model = _tiny_qwen3_moe(bits=4, group_size=64)
-    model.set_dtype(mx.bfloat16)
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "glm4_moe"])
+def test_pattern_decode_uses_the_kernels(family):
+    model = tiny.build(family, bits=4, group_size=64)
     tokens = mx.array([[1, 5, 9, 2]])
-    want = model(tokens[:, :1]).astype(mx.float32)
-    moe_decode.patch_moe_decode(model)
-    got = model(tokens[:, :1]).astype(mx.float32)
-    assert mx.allclose(got, want, rtol=5e-2, atol=5e-2)
+    want = model(tokens[:, :1])
+    zmlx_rs.patch(model, patterns=_PATTERNS)
+    assert mx.allclose(model(tokens[:, :1]), want, rtol=1e-3, atol=1e-3)

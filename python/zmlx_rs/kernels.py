@@ -492,9 +492,7 @@ def gather_qmv_swiglu(
     launch = _qmv_swiglu_launch(x, indices, w, scales, biases, group_size, bits)
     if _backend.on_cuda():
         return _QMV_SWIGLU([x, indices, w, scales, biases], launch)[0]
-    return ref.gather_qmv_swiglu(
-        x, indices, w, scales, biases, group_size=group_size, bits=bits
-    )
+    return ref.gather_qmv_swiglu(x, indices, w, scales, biases, group_size=group_size, bits=bits)
 
 
 def _qmv_combine_launch(act, indices, scores, w, scales, biases, group_size, bits) -> _Launch:

@@ -9,10 +9,11 @@ from zmlx_rs.patterns._base import OK, Fused, Pattern
 from zmlx_rs.patterns.attention_qkv import AttentionQKV
 from zmlx_rs.patterns.dense_mlp import DenseMLP
 from zmlx_rs.patterns.moe import MoEBlock, MoEExperts
+from zmlx_rs.patterns.moe_decode import MoEDecode
 
 __all__ = ["ALL", "OK", "Fused", "Pattern", "get", "names", "register"]
 
-ALL: list[Pattern] = [MoEBlock(), MoEExperts(), AttentionQKV(), DenseMLP()]
+ALL: list[Pattern] = [MoEDecode(), MoEBlock(), MoEExperts(), AttentionQKV(), DenseMLP()]
 
 
 def names() -> list[str]:
