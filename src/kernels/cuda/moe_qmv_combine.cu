@@ -6,23 +6,44 @@
   constexpr int CHUNKS = I / VALS;  // per expert row
   constexpr int ALL = K * CHUNKS;
   constexpr int PER_LANE = (ALL + 31) / 32;
+  constexpr int PRE = PER_LANE < 8 / R ? PER_LANE : 8 / R;
   constexpr int F4 = VALS / 4;
   constexpr int GROUPS = I / GS;
   __shared__ float4 xs[XS ? K * I / 4 : 1];
   __shared__ float xsum[XS ? ALL : 1];
-  __shared__ float score_of[K];
-  __shared__ long long expert_of[K];
   const long long token = blockIdx.y;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int d0 = (blockIdx.x * WARPS + warp) * R;
+  // Rows past D (the last tile) re-read row D - 1 and are never written.
+  const int dw = min(d0, D - 1);
   const T* arow = act + token * K * I;
-  if (threadIdx.x < K) {
-    const uint32_t e = static_cast<uint32_t>(indices[token * K + threadIdx.x]);
-    // Out-of-range experts read expert 0 with a zero score rather than fault.
-    const bool valid = e < static_cast<uint32_t>(E);
-    expert_of[threadIdx.x] = valid ? e : 0;
-    score_of[threadIdx.x] = valid ? zm::to_f(scores[token * K + threadIdx.x]) : 0.0f;
+  // Expert of the chunk's row; out-of-range experts read expert 0 with a zero score.
+  const auto expert_at = [&](int k) -> long long {
+    const uint32_t e = static_cast<uint32_t>(indices[token * K + k]);
+    return e < static_cast<uint32_t>(E) ? e : 0;
+  };
+  const auto score_at = [&](int k) {
+    const uint32_t e = static_cast<uint32_t>(indices[token * K + k]);
+    return e < static_cast<uint32_t>(E) ? zm::to_f(scores[token * K + k]) : 0.0f;
+  };
+  // The first PRE chunks' weights are requested before act is staged, so the two latencies
+  // overlap instead of adding up.
+  uint4 pre[PRE][R];
+  float pre_s[PRE][R];
+  float pre_b[PRE][R];
+#pragma unroll
+  for (int it = 0; it < PRE; ++it) {
+    const int f = min(lane + 32 * it, ALL - 1);
+    const int c = f % CHUNKS;
+    const long long e = expert_at(f / CHUNKS);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const long long row = e * D + min(dw + r, D - 1);
+      pre[it][r] = __ldg(reinterpret_cast<const uint4*>(w) + row * CHUNKS + c);
+      pre_s[it][r] = zm::to_f(scales[row * GROUPS + c * VALS / GS]);
+      pre_b[it][r] = zm::to_f(biases[row * GROUPS + c * VALS / GS]);
+    }
   }
   if constexpr (XS) {
 #pragma unroll
@@ -30,8 +51,8 @@
       zm::stage_row<BITS, I>(arow + k * I, xs + k * F4 * CHUNKS, xsum + k * CHUNKS, threadIdx.x,
                              WARPS * 32);
     }
+    __syncthreads();
   }
-  __syncthreads();
   if (d0 >= D) {
     return;
   }
@@ -46,18 +67,29 @@
     if (ALL % 32 == 0 || f < ALL) {
       const int k = f / CHUNKS;
       const int c = f % CHUNKS;
-      const long long e = expert_of[k];
-      uint4 q[R];
-      const S* srow[R];
-      const S* brow[R];
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const long long row = e * D + min(d0 + r, D - 1);
-        q[r] = __ldg(reinterpret_cast<const uint4*>(w) + row * CHUNKS + c);
-        srow[r] = scales + row * GROUPS;
-        brow[r] = biases + row * GROUPS;
-      }
       const int g = c * VALS / GS;
+      // `it` is a constant once unrolled; the clamp keeps the index in bounds for the compiler.
+      const int p = it < PRE ? it : 0;
+      uint4 q[R];
+      float sc[R];
+      float bi[R];
+      if (it < PRE) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          q[r] = pre[p][r];
+          sc[r] = pre_s[p][r];
+          bi[r] = pre_b[p][r];
+        }
+      } else {
+        const long long e = expert_at(k);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const long long row = e * D + min(dw + r, D - 1);
+          q[r] = __ldg(reinterpret_cast<const uint4*>(w) + row * CHUNKS + c);
+          sc[r] = zm::to_f(scales[row * GROUPS + g]);
+          bi[r] = zm::to_f(biases[row * GROUPS + g]);
+        }
+      }
       float csum;
       float d[R];
       if constexpr (XS) {
@@ -83,10 +115,10 @@
           d[r] = zm::chunk_dot<BITS>(q[r], at);
         }
       }
-      const float s = score_of[k];
+      const float s = score_at(k);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        acc[r] += s * (zm::to_f(srow[r][g]) * d[r] + zm::to_f(brow[r][g]) * csum);
+        acc[r] += s * (sc[r] * d[r] + bi[r] * csum);
       }
     }
   }
