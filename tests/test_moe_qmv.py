@@ -4,6 +4,7 @@ reference/fallback and pattern on any backend."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -104,6 +105,32 @@ def test_pattern_matches_unpatched_model(family):
     assert model(mx.arange(40)[None] % 96).shape == (1, 40, 96)
     zmlx_rs.unpatch(model)
     assert not any(isinstance(m, Fused) for _, m in model.named_modules())
+
+
+def test_pattern_routes_decode_to_the_kernels(monkeypatch):
+    """The decode branch's wiring, on any backend: kernels stood in for by the reference."""
+    calls = []
+
+    def stand_in(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return getattr(ref, name)(*args, **kwargs)
+
+        return call
+
+    model = tiny.build("qwen3_moe", bits=4, group_size=32)
+    tokens = mx.array([[1, 5, 9, 2]])
+    want = model(tokens[:, :1])
+    zmlx_rs.patch(model, patterns=_PATTERNS)
+    monkeypatch.setattr(moe_decode, "_backend", SimpleNamespace(on_cuda=lambda: True))
+    for name in ("gather_qmv_swiglu", "gather_qmv_combine"):
+        monkeypatch.setattr(moe_decode.kernels, name, stand_in(name))
+    assert mx.allclose(model(tokens[:, :1]), want, rtol=1e-4, atol=1e-4)
+    blocks = [m for _, m in model.named_modules() if isinstance(m, moe_decode.FusedMoEDecodeBlock)]
+    assert blocks and calls == ["gather_qmv_swiglu", "gather_qmv_combine"] * len(blocks)
+    calls.clear()
+    model(mx.arange(40)[None] % 96)  # 80 (token, k) pairs: the gather_qmm path
+    assert calls == []
 
 
 # ---------------------------------------------------------------------------------------

@@ -33,10 +33,10 @@ def _kernel_experts(mlp: nn.Module) -> bool:
     for proj in (mlp.gate_up_proj, mlp.down_proj):
         if not (
             type(proj) is QuantizedSwitchLinear
-            and proj.mode == "affine"
+            and getattr(proj, "mode", "affine") == "affine"
             and proj.get("biases") is not None
             and "bias" not in proj
-            and proj.global_scale is None
+            and getattr(proj, "global_scale", None) is None
             and proj.bits in (4, 8)
             and proj.group_size in (32, 64, 128)
         ):

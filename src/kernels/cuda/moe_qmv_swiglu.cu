@@ -125,7 +125,7 @@
     const int j = j0 + lane;
     if (j < I) {
       const float gt = zm::round_to<T>(gate);
-      const float v = valid_e ? zm::act<0>(gt) * zm::round_to<T>(up) : 0.0f;
+      const float v = valid_e ? gt / (1.0f + expf(-gt)) * zm::round_to<T>(up) : 0.0f;
       act[pair * I + j] = zm::from_f<T>(v);
     }
   }
