@@ -70,55 +70,24 @@
       const int g = c * VALS / GS;
       // `it` is a constant once unrolled; the clamp keeps the index in bounds for the compiler.
       const int p = it < PRE ? it : 0;
+      const long long e = it < PRE ? 0 : expert_at(k);
       uint4 q[R];
       float sc[R];
       float bi[R];
-      if (it < PRE) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-          q[r] = pre[p][r];
-          sc[r] = pre_s[p][r];
-          bi[r] = pre_b[p][r];
-        }
-      } else {
-        const long long e = expert_at(k);
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const long long row = e * D + min(dw + r, D - 1);
-          q[r] = __ldg(reinterpret_cast<const uint4*>(w) + row * CHUNKS + c);
-          sc[r] = zm::to_f(scales[row * GROUPS + g]);
-          bi[r] = zm::to_f(biases[row * GROUPS + g]);
-        }
+      for (int r = 0; r < R; ++r) {
+        const long long row = e * D + min(dw + r, D - 1);
+        q[r] = it < PRE ? pre[p][r] : __ldg(reinterpret_cast<const uint4*>(w) + row * CHUNKS + c);
+        sc[r] = it < PRE ? pre_s[p][r] : zm::to_f(scales[row * GROUPS + g]);
+        bi[r] = it < PRE ? pre_b[p][r] : zm::to_f(biases[row * GROUPS + g]);
       }
-      float csum;
-      float d[R];
-      if constexpr (XS) {
-        csum = xsum[f];
-        const float4* xk = xs + k * F4 * CHUNKS;
-        const auto at = [&](int m) { return xk[m * CHUNKS + c]; };
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          d[r] = zm::chunk_dot<BITS>(q[r], at);
-        }
-      } else {
-        const T* xc = arow + k * I + c * VALS;
-        float4 xv[F4];
-        csum = 0.0f;
-#pragma unroll
-        for (int m = 0; m < F4; ++m) {
-          xv[m] = zm::load4(xc + 4 * m);
-          csum += (xv[m].x + xv[m].y) + (xv[m].z + xv[m].w);
-        }
-        const auto at = [&](int m) { return xv[m]; };
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          d[r] = zm::chunk_dot<BITS>(q[r], at);
-        }
-      }
+      float4 xv[F4];
+      const float csum = zm::chunk_x<XS, BITS, CHUNKS>(xv, xs + k * F4 * CHUNKS,
+                                                       xsum + k * CHUNKS, arow + k * I, c);
       const float s = score_at(k);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        acc[r] += s * (sc[r] * d[r] + bi[r] * csum);
+        acc[r] += s * (sc[r] * zm::chunk_dot<BITS>(q[r], xv) + bi[r] * csum);
       }
     }
   }
@@ -126,16 +95,11 @@
   for (int r = 0; r < R; ++r) {
     acc[r] = zm::warp_sum(acc[r]);
   }
-  if (lane < R) {
-    float v = acc[0];
+  if (lane == 0) {
 #pragma unroll
-    for (int r = 1; r < R; ++r) {
-      if (lane == r) {
-        v = acc[r];
+    for (int r = 0; r < R; ++r) {
+      if (d0 + r < D) {
+        out[token * D + d0 + r] = zm::from_f<T>(acc[r]);
       }
-    }
-    const int dd = d0 + lane;
-    if (dd < D) {
-      out[token * D + dd] = zm::from_f<T>(v);
     }
   }

@@ -77,33 +77,11 @@
         sc[r] = it < PRE ? pre_s[p][r] : zm::to_f(srow[r][g]);
         bi[r] = it < PRE ? pre_b[p][r] : zm::to_f(brow[r][g]);
       }
-      float csum;
-      float d[NR];
-      if constexpr (XS) {
-        csum = xsum[c];
-        const auto at = [&](int m) { return xs[m * CHUNKS + c]; };
-#pragma unroll
-        for (int r = 0; r < NR; ++r) {
-          d[r] = zm::chunk_dot<BITS>(q[r], at);
-        }
-      } else {
-        const T* xc = xrow + c * VALS;
-        float4 xv[VALS / 4];
-        csum = 0.0f;
-#pragma unroll
-        for (int m = 0; m < VALS / 4; ++m) {
-          xv[m] = zm::load4(xc + 4 * m);
-          csum += (xv[m].x + xv[m].y) + (xv[m].z + xv[m].w);
-        }
-        const auto at = [&](int m) { return xv[m]; };
-#pragma unroll
-        for (int r = 0; r < NR; ++r) {
-          d[r] = zm::chunk_dot<BITS>(q[r], at);
-        }
-      }
+      float4 xv[VALS / 4];
+      const float csum = zm::chunk_x<XS, BITS, CHUNKS>(xv, xs, xsum, xrow, c);
 #pragma unroll
       for (int r = 0; r < NR; ++r) {
-        acc[r] += sc[r] * d[r] + bi[r] * csum;
+        acc[r] += sc[r] * zm::chunk_dot<BITS>(q[r], xv) + bi[r] * csum;
       }
     }
   }
@@ -111,21 +89,13 @@
   for (int r = 0; r < NR; ++r) {
     acc[r] = zm::warp_sum(acc[r]);
   }
-  if (lane < R) {
-    // Registers are indexed by constants only: pick this lane's pair with a select chain.
-    float gate = acc[0];
-    float up = acc[1];
+  if (lane == 0) {
 #pragma unroll
-    for (int r = 1; r < R; ++r) {
-      if (lane == r) {
-        gate = acc[2 * r];
-        up = acc[2 * r + 1];
+    for (int r = 0; r < R; ++r) {
+      const float gate = zm::round_to<T>(acc[2 * r]);
+      const float v = valid_e ? gate / (1.0f + expf(-gate)) * zm::round_to<T>(acc[2 * r + 1]) : 0.0f;
+      if (j0 + r < I) {
+        act[pair * I + j0 + r] = zm::from_f<T>(v);
       }
-    }
-    const int j = j0 + lane;
-    if (j < I) {
-      const float gt = zm::round_to<T>(gate);
-      const float v = valid_e ? gt / (1.0f + expf(-gt)) * zm::round_to<T>(up) : 0.0f;
-      act[pair * I + j] = zm::from_f<T>(v);
     }
   }

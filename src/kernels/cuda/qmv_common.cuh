@@ -11,21 +11,19 @@ __device__ __forceinline__ float qval(uint32_t word, int shift) {
   return __int_as_float(0x4B000000u | ((word >> shift) & kMask)) - 8388608.0f;
 }
 
-// sum_i x[i] * q[i] over the 128 / BITS values of one 16-byte chunk; xs(m) gives x[4m..4m+3].
-template <int BITS, typename XAt>
-__device__ __forceinline__ float chunk_dot(const uint4& chunk, XAt xs) {
+// sum_i x[i] * q[i] over the 128 / BITS values of one 16-byte chunk; xv[m] = x[4m..4m+3].
+template <int BITS>
+__device__ __forceinline__ float chunk_dot(const uint4& chunk, const float4* xv) {
   constexpr int kPerWord = 32 / BITS;
-  constexpr int kF4 = 32 / BITS;  // float4s of x per chunk: (128 / BITS) / 4
   const uint32_t words[4] = {chunk.x, chunk.y, chunk.z, chunk.w};
   float d = 0.0f;
 #pragma unroll
-  for (int m = 0; m < kF4; ++m) {
-    const float4 xv = xs(m);
+  for (int m = 0; m < 32 / BITS; ++m) {
     const int v = 4 * m;
-    d = fmaf(xv.x, qval<BITS>(words[(v + 0) / kPerWord], ((v + 0) % kPerWord) * BITS), d);
-    d = fmaf(xv.y, qval<BITS>(words[(v + 1) / kPerWord], ((v + 1) % kPerWord) * BITS), d);
-    d = fmaf(xv.z, qval<BITS>(words[(v + 2) / kPerWord], ((v + 2) % kPerWord) * BITS), d);
-    d = fmaf(xv.w, qval<BITS>(words[(v + 3) / kPerWord], ((v + 3) % kPerWord) * BITS), d);
+    d = fmaf(xv[m].x, qval<BITS>(words[(v + 0) / kPerWord], ((v + 0) % kPerWord) * BITS), d);
+    d = fmaf(xv[m].y, qval<BITS>(words[(v + 1) / kPerWord], ((v + 1) % kPerWord) * BITS), d);
+    d = fmaf(xv[m].z, qval<BITS>(words[(v + 2) / kPerWord], ((v + 2) % kPerWord) * BITS), d);
+    d = fmaf(xv[m].w, qval<BITS>(words[(v + 3) / kPerWord], ((v + 3) % kPerWord) * BITS), d);
   }
   return d;
 }
@@ -55,6 +53,28 @@ __device__ __forceinline__ void stage_row(const T* x, float4* xs, float* sums, i
       s += (v.x + v.y) + (v.z + v.w);
     }
     sums[c] = s;
+  }
+}
+
+// The x values of chunk c (xv[m] = x[c * VALS + 4m ..]) and their sum: from the staged copy
+// (XS, laid out by stage_row) or straight from x in global memory.
+template <bool XS, int BITS, int CHUNKS, typename T>
+__device__ __forceinline__ float chunk_x(float4* xv, const float4* xs, const float* sums,
+                                         const T* x, int c) {
+  if constexpr (XS) {
+#pragma unroll
+    for (int m = 0; m < 32 / BITS; ++m) {
+      xv[m] = xs[m * CHUNKS + c];
+    }
+    return sums[c];
+  } else {
+    float s = 0.0f;
+#pragma unroll
+    for (int m = 0; m < 32 / BITS; ++m) {
+      xv[m] = load4(x + c * (128 / BITS) + 4 * m);
+      s += (xv[m].x + xv[m].y) + (xv[m].z + xv[m].w);
+    }
+    return s;
   }
 }
 
