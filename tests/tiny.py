@@ -7,7 +7,12 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
+from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import _get_classes
+from tokenizers import Tokenizer, decoders
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import PreTrainedTokenizerFast
 
 # One superset of every family's fields; ModelArgs.from_dict keeps the ones it knows.
 # Dimensions divide by 64 so every linear layer quantizes at group 32 and 64.
@@ -89,7 +94,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
-def build(family: str, *, seed: int = 0, bits: int | None = None, group_size: int = 64, **overrides: Any) -> nn.Module:
+def build(
+    family: str, *, seed: int = 0, bits: int | None = None, group_size: int = 64, **overrides: Any
+) -> nn.Module:
     """A random fp32 model of `family` (quantized when `bits` is given), evaluated."""
     config = {**_COMMON, **FAMILIES[family], **overrides, "model_type": family}
     model_class, args_class = _get_classes(config)
@@ -97,7 +104,12 @@ def build(family: str, *, seed: int = 0, bits: int | None = None, group_size: in
     model = model_class(args_class.from_dict(config))
     # Some families start routers and correction biases at zero: ties would make routing
     # arbitrary. Give every array random values of a sane scale.
-    model.update(tree_map(lambda a: mx.random.normal(a.shape) * 0.2 if a.dtype == mx.float32 else a, model.parameters()))
+    model.update(
+        tree_map(
+            lambda a: mx.random.normal(a.shape) * 0.2 if a.dtype == mx.float32 else a,
+            model.parameters(),
+        )
+    )
     if bits is not None:
         nn.quantize(
             model,
@@ -109,6 +121,16 @@ def build(family: str, *, seed: int = 0, bits: int | None = None, group_size: in
         )
     mx.eval(model.parameters())
     return model
+
+
+def tokenizer() -> TokenizerWrapper:
+    """A word-level tokenizer over the tiny vocabulary ("t0" .. "t95"), without EOS, so
+    generation always runs to max_tokens."""
+    vocab = {f"t{i}": i for i in range(_COMMON["vocab_size"])}
+    tok = Tokenizer(WordLevel(vocab, unk_token="t0"))
+    tok.pre_tokenizer = Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return TokenizerWrapper(PreTrainedTokenizerFast(tokenizer_object=tok))
 
 
 def snapshot(model: nn.Module) -> dict[str, mx.array]:

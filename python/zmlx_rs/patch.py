@@ -53,6 +53,8 @@ def patch(
         chosen = [p for p in chosen if any(p.name == name for _, name in wanted)]
 
     report = PatchReport(model_type=_model_type(model))
+    # A module reachable by two paths (shared between layers) is fused once.
+    fused_by_id: dict[int, tuple[str, Fused]] = {}
     for path, module in model.named_modules():
         if isinstance(module, Fused):
             report.patched.append(Patched(path, module.pattern, "already patched"))
@@ -60,6 +62,11 @@ def patch(
         # Re-walk per pattern: an outer rewrite keeps its children's paths.
         for path, module in model.named_modules():
             if not path:
+                continue
+            if id(module) in fused_by_id:
+                first, fused = fused_by_id[id(module)]
+                _set_module(model, path, fused)
+                report.patched.append(Patched(path, fused.pattern, f"shared with {first}"))
                 continue
             verdict = pattern.matches(module, path)
             if verdict is None:
@@ -72,11 +79,16 @@ def patch(
                 report.skipped.append(Skipped(path, pattern.name, "not in the plan"))
             else:
                 fused = pattern.apply(module, path)
+                # Reverted by the same object, registered or not.
+                object.__setattr__(fused, "made_by", pattern)
+                fused_by_id[id(module)] = (path, fused)
                 _set_module(model, path, fused)
                 report.patched.append(Patched(path, pattern.name, fused.note))
     # A module another pattern took is not "skipped" by the ones that did not fit it.
     taken = {p.path for p in report.patched}
     report.skipped = [s for s in report.skipped if s.path not in taken]
+    report.patched.sort(key=lambda p: _path_order(p.path))
+    report.skipped.sort(key=lambda s: _path_order(s.path))
     if verbose:
         print(report)
     return report
@@ -85,15 +97,26 @@ def patch(
 def unpatch(model: nn.Module) -> list[str]:
     """Put every original module back (innermost first); returns the paths restored."""
     if not isinstance(model, nn.Module):
-        raise ZmlxError(
-            f"unpatch(): 'model' must be an mlx.nn.Module, got {type(model).__name__}"
-        )
-    fused = [(p, m) for p, m in model.named_modules() if isinstance(m, Fused)]
-    fused.sort(key=lambda pm: pm[0].count("."), reverse=True)
-    restored = []
-    for path, module in fused:
-        _set_module(model, path, registry.get(module.pattern).revert(module))
-        restored.append(path)
+        raise ZmlxError(f"unpatch(): 'model' must be an mlx.nn.Module, got {type(model).__name__}")
+    blocked = [
+        f"{p}: {why}"
+        for p, m in model.named_modules()
+        if isinstance(m, Fused) and (why := m.revert_blocker())
+    ]
+    if blocked:
+        raise ZmlxError(f"unpatch(): 'model' cannot be restored: {'; '.join(blocked)}")
+    restored: list[str] = []
+    # A pattern may wrap another's fused module (the same path twice): loop until none left.
+    while found := [(p, m) for p, m in model.named_modules() if isinstance(m, Fused)]:
+        found.sort(key=lambda pm: pm[0].count("."), reverse=True)
+        originals: dict[int, nn.Module] = {}  # a module shared by several paths reverts once
+        for path, module in found:
+            if id(module) not in originals:
+                maker = module.__dict__.get("made_by") or registry.get(module.pattern)
+                originals[id(module)] = maker.revert(module)
+            _set_module(model, path, originals[id(module)])
+            if path not in restored:
+                restored.append(path)
     return restored
 
 
@@ -117,6 +140,11 @@ def _choose(
 def _model_type(model: nn.Module) -> str:
     args = getattr(model, "args", None)
     return str(getattr(model, "model_type", None) or getattr(args, "model_type", "") or "")
+
+
+def _path_order(path: str) -> list[tuple[int, int | str]]:
+    """Sorts "layers.10" after "layers.9"."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in path.split(".")]
 
 
 def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:

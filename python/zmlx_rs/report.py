@@ -13,7 +13,7 @@ from typing import Any
 
 from zmlx_rs.errors import ZmlxError
 
-__all__ = ["Patched", "PatchReport", "Skipped"]
+__all__ = ["PatchReport", "Patched", "Skipped"]
 
 _FORMAT = 1
 
@@ -92,7 +92,8 @@ class PatchReport:
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
         lines = [self._summary()]
         for r in [head, *rows]:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+            cells = [c.ljust(w) for c, w in zip(r[:3], widths, strict=True)]
+            lines.append("  ".join([*cells, r[3]]))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:

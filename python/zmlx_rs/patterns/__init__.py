@@ -28,7 +28,11 @@ def get(name: str) -> Pattern:
 
 
 def register(pattern: Pattern, *, before: str | None = None) -> None:
-    """Add a pattern (replacing one of the same name), before the named one if given."""
+    """Add a pattern, before the named one if given (else last); one of the same name is
+    replaced in its place."""
+    same = [i for i, p in enumerate(ALL) if p.name == pattern.name]
+    if same and before is None:
+        ALL[same[0]] = pattern
+        return
     ALL[:] = [p for p in ALL if p.name != pattern.name]
-    index = len(ALL) if before is None else ALL.index(get(before))
-    ALL.insert(index, pattern)
+    ALL.insert(len(ALL) if before is None else ALL.index(get(before)), pattern)

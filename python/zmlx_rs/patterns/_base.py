@@ -34,11 +34,10 @@ _CONFIG_ATTRS = ("group_size", "bits", "mode", "group")
 
 class Pattern:
     """One rewrite: which modules it fits (`matches`), how to swap one in (`apply`) and back
-    (`revert`). Subclasses set `name` and `fused_types` (the modules `apply` returns)."""
+    (`revert`). The Fused modules `apply` returns carry the pattern's `name`."""
 
     name: str = ""
     description: str = ""
-    fused_types: tuple[type, ...] = ()
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         """`OK` if `apply` can patch `module`, a reason if it is a candidate that cannot be
@@ -72,6 +71,21 @@ class Fused(nn.Module):
     def original(self) -> nn.Module:
         return self.__dict__["_original"]
 
+    def holds_stack(self, name: str) -> None:
+        """Child `name` holds weights stacked from the original's layers: `unpatch` cuts
+        them back out, so it must still be the layer that was made here."""
+        self.__dict__.setdefault("_stacks", {})[name] = self[name]
+
+    def revert_blocker(self) -> str | None:
+        """Why this module cannot be reverted, or None."""
+        for name, layer in self.__dict__.get("_stacks", {}).items():
+            if self.get(name) is not layer:
+                return (
+                    f"'{name}' was replaced by a {type(self.get(name)).__name__} after patching "
+                    "(LoRA?): fuse or remove it first"
+                )
+        return None
+
     def hand_back_children(self, names: Sequence[str]) -> nn.Module:
         """Put children the fused module shares with the original back on it: they may have
         been swapped since patching (LoRA, a nested pattern), and that swap must survive."""
@@ -85,6 +99,8 @@ class Fused(nn.Module):
 def linear_mismatch(layers: Sequence[nn.Module], kinds: tuple[type, ...]) -> str | None:
     """Why `layers` cannot be stacked along their output axis, or None if they can."""
     first = layers[0]
+    if "weight" not in first:
+        return "layer has no weight"
     if type(first) not in kinds:
         return f"{type(first).__name__} is not one of {', '.join(k.__name__ for k in kinds)}"
     for layer in layers[1:]:
@@ -135,13 +151,16 @@ def fuse_outputs(layers: Sequence[nn.Module]) -> tuple[nn.Module, list[int]]:
 
 
 def unfuse_outputs(fused: nn.Module, layers: Sequence[nn.Module], widths: Sequence[int]) -> None:
-    """Give `layers` back their arrays, cut from `fused`: the same bits they had."""
+    """Give `layers` back their arrays, cut from `fused`: the same bits they had, each in a
+    buffer of its own (`take` copies; a slice could be a view pinning the whole stack) so the
+    stack is freed right here and the layout is the never-patched one."""
     start = 0
-    for layer, width in zip(layers, widths):
-        for key in list(fused.keys()):
-            a = fused[key]
-            axis = _OUTPUT_AXIS[key] % a.ndim
-            index = tuple([slice(None)] * axis + [slice(start, start + width)])
-            layer[key] = mx.contiguous(a[index])
-        mx.eval([layer[key] for key in fused])
+    keys = list(fused.keys())
+    for layer, width in zip(layers, widths, strict=True):
+        rows = mx.arange(start, start + width)
+        for key in keys:
+            layer[key] = mx.take(fused[key], rows, axis=_OUTPUT_AXIS[key])
+        mx.eval([layer[key] for key in keys])
         start += width
+    for key in keys:
+        del fused[key]

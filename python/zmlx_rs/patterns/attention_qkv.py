@@ -2,9 +2,9 @@
 
 The fused forward below restates mlx-lm's llama attention forward (with q/k RMS norms: the
 qwen3 one). A class is patched only if its `__call__` is that same code, compared as a
-syntax tree (names of the class, comments and annotations aside): llama and mistral (mapped
-to llama), qwen2, qwen2_moe, qwen3, qwen3_moe, gemma, granite, ... Three matmul nodes
-become one matmul and three slices.
+syntax tree (comments, annotations and the spelling of the head counts aside): llama and
+mistral (mapped to llama), mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma, granite, ...
+Three matmul nodes become one matmul and three slices.
 """
 
 from __future__ import annotations
@@ -33,6 +33,19 @@ from zmlx_rs.patterns._base import (
 __all__ = ["AttentionQKV", "FusedQKVAttention"]
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+# Spellings of the head counts (mixtral says num_heads / num_key_value_heads): the same
+# forward under another attribute name.
+_HEAD_ALIASES = {
+    "n_heads": ("n_heads", "num_heads", "num_attention_heads"),
+    "n_kv_heads": ("n_kv_heads", "num_key_value_heads", "num_kv_heads"),
+}
+_CANONICAL = {alias: name for name, aliases in _HEAD_ALIASES.items() for alias in aliases}
+
+
+class _CanonicalHeads(ast.NodeTransformer):
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        node.attr = _CANONICAL.get(node.attr, node.attr)
+        return self.generic_visit(node)
 
 
 def _forward_tree(cls: type) -> str | None:
@@ -48,7 +61,7 @@ def _forward_tree(cls: type) -> str | None:
     func.body = [
         s for s in func.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
     ]
-    return ast.dump(func, annotate_fields=False)
+    return ast.dump(_CanonicalHeads().visit(func), annotate_fields=False)
 
 
 # Reference forward -> whether it RMS-normalises q and k per head.
@@ -64,6 +77,13 @@ def _qk_norm(cls: type) -> bool | None:
     return _REFERENCE_FORWARDS.get(_forward_tree(cls))
 
 
+def _head_count(module: nn.Module, name: str) -> int | None:
+    """The head count under any of its spellings; None if absent or spelled two ways with
+    two values (then which one the forward reads is not known)."""
+    values = {getattr(module, a) for a in _HEAD_ALIASES[name] if hasattr(module, a)}
+    return values.pop() if len(values) == 1 else None
+
+
 class FusedQKVAttention(Fused):
     """The llama/qwen attention forward with q, k and v from one `qkv_proj`."""
 
@@ -72,14 +92,15 @@ class FusedQKVAttention(Fused):
     def __init__(self, original: nn.Module, qkv_proj: nn.Module, widths: list[int]) -> None:
         super().__init__(original)
         self.qkv_proj = qkv_proj
+        self.holds_stack("qkv_proj")
         self.o_proj = original.o_proj
         self.rope = original.rope
         self.qk_norm = bool(_qk_norm(type(original)))
         if self.qk_norm:
             self.q_norm = original.q_norm
             self.k_norm = original.k_norm
-        self.n_heads = original.n_heads
-        self.n_kv_heads = original.n_kv_heads
+        self.n_heads = _head_count(original, "n_heads")
+        self.n_kv_heads = _head_count(original, "n_kv_heads")
         self.scale = original.scale
         # Plain attributes, not tree leaves: nn.Module would file lists under its parameters.
         object.__setattr__(self, "widths", tuple(widths))
@@ -116,7 +137,6 @@ class FusedQKVAttention(Fused):
 class AttentionQKV(Pattern):
     name = "attention_qkv"
     description = "attention: q|k|v in one projection + split"
-    fused_types = (FusedQKVAttention,)
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         if isinstance(module, Fused):
@@ -128,7 +148,8 @@ class AttentionQKV(Pattern):
             return f"{type(module).__name__}.__call__ is not the llama/qwen3 attention forward"
         needed = ["o_proj", "rope"] + (["q_norm", "k_norm"] if qk_norm else [])
         missing = [a for a in needed if a not in module]
-        missing += [a for a in ("n_heads", "n_kv_heads", "scale") if not hasattr(module, a)]
+        missing += [a for a in _HEAD_ALIASES if _head_count(module, a) is None]
+        missing += [] if hasattr(module, "scale") else ["scale"]
         if missing:
             return f"missing attributes {missing}"
         return linear_mismatch([module[p] for p in _PROJECTIONS], DENSE_LINEARS) or OK

@@ -83,7 +83,7 @@ class _GluForm:
             if isinstance(target, ast.Tuple) and all(isinstance(t, ast.Name) for t in target.elts):
                 if not isinstance(value, list) or len(value) != len(target.elts):
                     raise _Unsupported("tuple assignment from something other than a split")
-                for t, v in zip(target.elts, value):
+                for t, v in zip(target.elts, value, strict=True):
                     self.env[t.id] = v  # type: ignore[attr-defined]
                 return
         raise _Unsupported(f"statement `{ast.unparse(stmt)}` is not part of a gated MLP")
@@ -91,7 +91,7 @@ class _GluForm:
     def expr(self, node: ast.expr) -> Any:
         if isinstance(node, ast.Name) and node.id in self.env:
             return self.env[node.id]
-        if isinstance(node, ast.Call) and not node.keywords or _is_split(node):
+        if (isinstance(node, ast.Call) and not node.keywords) or _is_split(node):
             return self.call(node)  # type: ignore[arg-type]
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
             left = node.left
@@ -153,7 +153,7 @@ def _gated_form(cls: type) -> tuple[str, tuple[str, ...], str] | str:
     One attr means one fused gate|up projection, two mean separate gate and up."""
     try:
         result = _GluForm(cls.__call__).result
-    except (_Unsupported, OSError, TypeError, SyntaxError) as e:
+    except (_Unsupported, AttributeError, OSError, TypeError, SyntaxError) as e:
         return str(e) or "forward source unavailable"
     match result:
         case ("proj", down, ("glu", act, ("proj", gate, ("x",)), ("proj", up, ("x",)))) if (
@@ -184,6 +184,8 @@ class FusedGatedMLP(Fused):
     ) -> None:
         super().__init__(original)
         self.gate_up_proj = gate_up_proj
+        if len(source[0]) == 2:
+            self.holds_stack("gate_up_proj")
         self.down_proj = down_proj
         self.activation = activation
         # (projection attrs, widths, down attr) on the original, to put everything back.
@@ -202,7 +204,6 @@ class FusedGatedMLP(Fused):
 class DenseMLP(Pattern):
     name = "dense_mlp"
     description = "gated MLP: gate|up in one projection + fused SwiGLU/GeGLU"
-    fused_types = (FusedGatedMLP,)
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         if isinstance(module, Fused) or not _looks_like_mlp(module, path):
@@ -258,5 +259,4 @@ def _looks_like_mlp(module: nn.Module, path: str) -> bool:
     )
     if mlpish:
         return any(isinstance(v, nn.Module) for v in module.values())
-    form = _gated_form(type(module)) if hasattr(type(module), "__call__") else None
-    return form is not None and not isinstance(form, str)
+    return not isinstance(_gated_form(type(module)), str)

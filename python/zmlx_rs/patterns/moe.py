@@ -5,7 +5,8 @@
   per-token path and the sorted prefill path (`indices.size >= 64`).
 - `moe_block`: the block around it (qwen3_moe, qwen2_moe, qwen3_next, mixtral, glm4_moe,
   deepseek_v3): routing in one `moe_gating` kernel and the weighted sum in one `gather_add`,
-  shared experts and the tensor-parallel `sharding_group` all-sum kept as mlx-lm has them.
+  shared experts and the tensor-parallel `sharding_group` all-sum kept as mlx-lm has them;
+  gpt_oss too (its clamped-SwiGLU experts stay unfused).
 
 `FusedMoEBlock.experts_and_combine` and `FusedSwitchGLU.gathered_forward` are the seams a
 decode-specialised pattern overrides.
@@ -22,6 +23,7 @@ from mlx_lm.models import deepseek_v3, glm4_moe, gpt_oss, mixtral, qwen2_moe, qw
 from mlx_lm.models.switch_layers import SwiGLU, SwitchGLU, _gather_sort, _scatter_unsort
 
 from zmlx_rs import kernels
+from zmlx_rs.errors import ZmlxError
 from zmlx_rs.patterns._base import (
     OK,
     SWITCH_LINEARS,
@@ -46,6 +48,7 @@ class FusedSwitchGLU(Fused):
     def __init__(self, original: SwitchGLU, gate_up_proj: nn.Module, widths: list[int]) -> None:
         super().__init__(original)
         self.gate_up_proj = gate_up_proj
+        self.holds_stack("gate_up_proj")
         self.down_proj = original.down_proj
         object.__setattr__(self, "widths", tuple(widths))
         self.note = "gate|up experts -> gate_up_proj"
@@ -70,7 +73,6 @@ class FusedSwitchGLU(Fused):
 class MoEExperts(Pattern):
     name = "moe_experts"
     description = "MoE experts: gate|up in one gather matmul + fused SwiGLU"
-    fused_types = (FusedSwitchGLU,)
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         if type(module) is not SwitchGLU:
@@ -105,6 +107,8 @@ class Routing:
     router_is_weight: bool = False  # glm4_moe / deepseek_v3: logits = x @ gate.weight.T
     use_module_router: bool = False
     gated_shared_expert: bool = False  # qwen2_moe / qwen3_next: sigmoid(gate(x)) * expert(x)
+    router: str = "gate"  # child names; gpt_oss says router / experts
+    experts: str = "switch_mlp"
 
     def describe(self) -> str:
         if self.use_module_router:
@@ -139,11 +143,20 @@ _ROUTING = {
     mixtral.MixtralSparseMoeBlock: lambda b: Routing(k=b.num_experts_per_tok, mode="topk_softmax"),
     glm4_moe.MoE: _sigmoid_routing,
     deepseek_v3.DeepseekV3MoE: _sigmoid_routing,
+    # Its experts' clamped SwiGLU stays as is (moe_experts skips it); routing and combine fuse.
+    gpt_oss.MLPBlock: lambda b: Routing(
+        k=b.num_experts_per_tok, mode="topk_softmax", router="router", experts="experts"
+    ),
 }
-_UNSUPPORTED = {
-    gpt_oss.MLPBlock: "gpt_oss experts use a clamped, alpha-scaled SwiGLU with biases",
-}
-_CHILDREN = ("gate", "switch_mlp", "shared_expert", "shared_expert_gate", "shared_experts")
+_CHILDREN = (
+    "gate",
+    "router",
+    "switch_mlp",
+    "experts",
+    "shared_expert",
+    "shared_expert_gate",
+    "shared_experts",
+)
 
 
 class FusedMoEBlock(Fused):
@@ -175,7 +188,7 @@ class FusedMoEBlock(Fused):
         """(scores, indices), each (..., k)."""
         r = self.routing
         if r.use_module_router:
-            indices, scores = self.gate(x)
+            indices, scores = self[r.router](x)
             return scores, indices
         if r.router_is_weight:
             return kernels.moe_gating(
@@ -186,11 +199,11 @@ class FusedMoEBlock(Fused):
                 bias=self.gate.e_score_correction_bias,
                 scale=r.scale,
             )
-        return kernels.moe_gating(self.gate(x), r.k, mode=r.mode, norm_topk=r.norm_topk)
+        return kernels.moe_gating(self[r.router](x), r.k, mode=r.mode, norm_topk=r.norm_topk)
 
     def experts_and_combine(self, x: mx.array, indices: mx.array, scores: mx.array) -> mx.array:
         """Sum of the picked experts' outputs weighted by their scores."""
-        return kernels.gather_add(self.switch_mlp(x, indices), scores)
+        return kernels.gather_add(self[self.routing.experts](x, indices), scores)
 
     def add_shared_experts(self, x: mx.array, y: mx.array) -> mx.array:
         if "shared_experts" in self:
@@ -201,26 +214,44 @@ class FusedMoEBlock(Fused):
 
 
 class MoEBlock(Pattern):
+    """`fused_class` lets a specialised block (a FusedMoEBlock subclass, e.g. with a decode
+    kernel in `experts_and_combine`) take this pattern's place in the registry."""
+
     name = "moe_block"
     description = "MoE block: fused gating (moe_gating) + fused combine (gather_add)"
-    fused_types = (FusedMoEBlock,)
+
+    def __init__(self, fused_class: type[FusedMoEBlock] = FusedMoEBlock) -> None:
+        self.fused_class = fused_class
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         kind = type(module)
-        if kind in _UNSUPPORTED:
-            return _UNSUPPORTED[kind]
         if kind not in _ROUTING:
             return None
         routing = _ROUTING[kind](module)
-        n_experts = _n_experts(module)
+        n_experts = _n_experts(module[routing.experts])
         if not 0 < routing.k <= n_experts:
             return f"top-k {routing.k} not in 1..{n_experts}"
         if routing.gated_shared_expert and "shared_expert_gate" not in module:
             return "shared expert without its gate"
+        if not routing.use_module_router:
+            # The kernel's limits (experts, k) are checked when it is planned: plan it now
+            # (lazily, nothing runs) rather than fail on the first forward.
+            bias = mx.zeros((n_experts,)) if routing.router_is_weight else None
+            try:
+                kernels.moe_gating(
+                    mx.zeros((1, n_experts)),
+                    routing.k,
+                    mode=routing.mode,
+                    norm_topk=routing.norm_topk,
+                    bias=bias,
+                    scale=routing.scale,
+                )
+            except ZmlxError as e:
+                return f"moe_gating cannot route it: {e}"
         return OK
 
     def apply(self, module: nn.Module, path: str) -> Fused:
-        return FusedMoEBlock(module, _ROUTING[type(module)](module))
+        return self.fused_class(module, _ROUTING[type(module)](module))
 
     def revert(self, fused: Fused) -> nn.Module:
         assert isinstance(fused, FusedMoEBlock)
@@ -230,7 +261,6 @@ class MoEBlock(Pattern):
         return original
 
 
-def _n_experts(block: nn.Module) -> int:
-    experts = block.switch_mlp
+def _n_experts(experts: nn.Module) -> int:
     proj = experts.down_proj if "down_proj" in experts else experts.gate_up_proj
     return int(proj["weight"].shape[0])
