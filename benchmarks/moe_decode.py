@@ -65,7 +65,7 @@ def build(layers: int, bits: int, group_size: int) -> nn.Module:
         class_predicate=lambda _, m: isinstance(m, (nn.Linear, nn.Embedding)),
     )
     mx.eval(model.parameters())
-    return model
+    return model.eval()  # as mlx_lm.load returns it: the patterns' inference paths
 
 
 def nodes(*outputs: mx.array) -> Counter:
@@ -114,17 +114,18 @@ def main() -> None:
     model = build(args.layers, 4, 64)
     t_build = time.perf_counter() - t_build
     prompt = mx.array([151643, 872, 3555, 374, 279, 6722, 315, 9625, 30, 220, 785, 6722])
-    variants = {
+    variants = {  # zmlx_rs.patch arguments
         "unpatched": None,
-        "moe_decode": ["moe_decode", "moe_experts"],
-        "patch_all": [],  # zmlx_rs.patch defaults: every registered pattern
+        "moe_block": {"patterns": ["moe_block", "moe_experts"]},
+        "moe_decode": {"patterns": ["moe_decode", "moe_experts"]},
+        "all_decode": {"exclude": ["moe_block"]},  # every pattern, moe_decode for the blocks
     }
 
     def use(name: str) -> None:
         zmlx_rs.unpatch(model)
-        pats = variants[name]
-        if pats is not None:
-            zmlx_rs.patch(model, patterns=pats or None)
+        kwargs = variants[name]
+        if kwargs is not None:
+            zmlx_rs.patch(model, **kwargs)
 
     graphs = {}
     for name in variants:

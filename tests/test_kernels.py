@@ -23,10 +23,15 @@ from zmlx_rs import _backend, kernels, reference
 
 GLU_SHAPES = [(1, 768), (4096, 768), (3, 1001), (2, 5, 13), (7,), (1, 1, 4097)]
 ACTS = {
-    "swiglu": (lambda g, u: kernels.swiglu(g, u), silu64),
-    "geglu": (lambda g, u: kernels.geglu(g, u), gelu64),
-    "geglu_tanh": (lambda g, u: kernels.geglu(g, u, approximate=True), gelu_tanh64),
+    "swiglu": (lambda g, u, d: kernels.swiglu(g, u, differentiable=d), silu64),
+    "geglu": (lambda g, u, d: kernels.geglu(g, u, differentiable=d), gelu64),
+    "geglu_tanh": (
+        lambda g, u, d: kernels.geglu(g, u, approximate=True, differentiable=d),
+        gelu_tanh64,
+    ),
 }
+# Both entry points: the differentiable wrapper and the bare inference kernel.
+DIFF = [pytest.param(True, id="grad"), pytest.param(False, id="infer")]
 
 
 @pytest.fixture(params=DEVICES)
@@ -48,11 +53,12 @@ def rand(shape, dtype, scale=2.0):
 @pytest.mark.parametrize("shape", GLU_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", list(ACTS))
-def test_glu_matches_float64(device, shape, dtype, act):
+@pytest.mark.parametrize("differentiable", DIFF)
+def test_glu_matches_float64(device, shape, dtype, act, differentiable):
     fn, ref64 = ACTS[act]
     gate, up = rand(shape, dtype), rand(shape, dtype)
     poison((shape, dtype))
-    out = fn(gate, up)
+    out = fn(gate, up, differentiable)
     mx.eval(out)
     assert out.dtype == dtype and out.shape == gate.shape
     assert_close(out, ref64(f64(gate)) * f64(up), dtype, scale=4.0)
@@ -61,15 +67,16 @@ def test_glu_matches_float64(device, shape, dtype, act):
 @pytest.mark.parametrize("shape", [(1, 1536), (4096, 1536), (3, 2002), (2, 5, 26), (1, 2)], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("approximate", [None, False, True], ids=["silu", "gelu", "gelu_tanh"])
-def test_glu_packed_matches_float64(device, shape, dtype, approximate):
+@pytest.mark.parametrize("differentiable", DIFF)
+def test_glu_packed_matches_float64(device, shape, dtype, approximate, differentiable):
     h = rand(shape, dtype)
     half = shape[-1] // 2
     out_shape = (*shape[:-1], half)
     poison((out_shape, dtype))
     if approximate is None:
-        out, act64 = kernels.swiglu_packed(h), silu64
+        out, act64 = kernels.swiglu_packed(h, differentiable=differentiable), silu64
     else:
-        out = kernels.geglu_packed(h, approximate=approximate)
+        out = kernels.geglu_packed(h, approximate=approximate, differentiable=differentiable)
         act64 = gelu_tanh64 if approximate else gelu64
     mx.eval(out)
     assert out.shape == out_shape and out.dtype == dtype
@@ -161,12 +168,13 @@ def test_glu_random_shapes(lead, half, dtype):
 )
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("score_dtype", [mx.float32, None], ids=["f32scores", "samescores"])
-def test_gather_add_matches_float64(device, shape, dtype, score_dtype):
+@pytest.mark.parametrize("differentiable", DIFF)
+def test_gather_add_matches_float64(device, shape, dtype, score_dtype, differentiable):
     y = rand(shape, dtype)
     scores = mx.random.uniform(shape=shape[:-1]).astype(score_dtype or dtype)
     out_shape = (*shape[:-2], shape[-1])
     poison((out_shape, dtype))
-    out = kernels.gather_add(y, scores)
+    out = kernels.gather_add(y, scores, differentiable=differentiable)
     mx.eval(out)
     assert out.shape == out_shape and out.dtype == dtype
     want = (f64(y) * f64(scores)[..., None]).sum(axis=-2)
@@ -232,12 +240,18 @@ def mlx_lm_gating(logits, k, mode, norm_topk, bias=None, scale=1.0):
     return scores * scale, inds, sel
 
 
-def check_gating(logits, k, mode, norm_topk, bias, scale):
+def check_gating(logits, k, mode, norm_topk, bias, scale, differentiable=True):
     dtype = logits.dtype
     out_shape = (*logits.shape[:-1], k)
     poison((out_shape, dtype), (out_shape, mx.uint32))
     scores, indices = kernels.moe_gating(
-        logits, k, mode=mode, norm_topk=norm_topk, bias=bias, scale=scale
+        logits,
+        k,
+        mode=mode,
+        norm_topk=norm_topk,
+        bias=bias,
+        scale=scale,
+        differentiable=differentiable,
     )
     mx.eval(scores, indices)
     want_scores, want_inds, rank = mlx_lm_gating(logits, k, mode, norm_topk, bias, scale)
@@ -292,6 +306,9 @@ def test_moe_gating_matches_mlx_lm(device, tokens, experts, k, dtype, mode, norm
 def test_moe_gating_leading_dims_and_sigmoid_without_bias(device):
     logits = rand((2, 3, 40), mx.float32)
     check_gating(logits, 3, "sigmoid", True, None, 1.0)
+    check_gating(logits, 3, "sigmoid", True, 0.5 * mx.random.normal((40,)), 1.5, False)
+    check_gating(logits, 5, "softmax", True, None, 1.0, differentiable=False)
+    check_gating(logits, 2, "topk_softmax", True, None, 1.0, differentiable=False)
     check_gating(logits, 1, "sigmoid", True, None, 1.0)
     check_gating(rand((2, 1, 3, 16), mx.bfloat16), 2, "softmax", True, None, 1.0)
 
@@ -374,6 +391,26 @@ def test_dropout_is_deterministic_per_key(device):
     e = kernels.dropout(x, 0.3)
     assert mx.array_equal(d, e)
     assert kernels.dropout(x, 0.0) is x
+
+
+def test_dropout_mask_depends_only_on_key_and_position(device):
+    """Vectorised (size % 8 == 0) and scalar launches draw the same mask for a position."""
+    x = mx.ones((4096,), mx.bfloat16)
+    key = mx.random.key(9)
+    full = np.array(kernels.dropout(x, 0.5, key=key).astype(mx.float32))
+    part = np.array(kernels.dropout(x[:4093], 0.5, key=key).astype(mx.float32))
+    if device == "gpu":
+        np.testing.assert_array_equal(full[:4093], part)
+
+
+def test_empty_arrays(device):
+    e = mx.zeros((0, 8))
+    assert kernels.swiglu(e, e).shape == (0, 8)
+    assert kernels.swiglu_packed(e, differentiable=False).shape == (0, 4)
+    assert kernels.gather_add(mx.zeros((0, 2, 8)), mx.zeros((0, 2))).shape == (0, 8)
+    scores, indices = kernels.moe_gating(e, 2)
+    assert scores.shape == (0, 2) and indices.dtype == mx.uint32
+    assert kernels.dropout(e, 0.5).shape == (0, 8)
 
 
 def test_dropout_mask_is_independent_across_positions(device):

@@ -120,7 +120,9 @@ def build(
             ),
         )
     mx.eval(model.parameters())
-    return model
+    # Inference mode, as mlx_lm.load leaves a model (patched modules then take the kernels'
+    # one-node inference entry points; LoRA training switches to train()).
+    return model.eval()
 
 
 def tokenizer() -> TokenizerWrapper:

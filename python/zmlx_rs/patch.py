@@ -79,6 +79,8 @@ def patch(
                 report.skipped.append(Skipped(path, pattern.name, "not in the plan"))
             else:
                 fused = pattern.apply(module, path)
+                # Eval mode picks the kernels' one-node inference entry points.
+                fused.train(module.training)
                 # Reverted by the same object, registered or not.
                 object.__setattr__(fused, "made_by", pattern)
                 fused_by_id[id(module)] = (path, fused)

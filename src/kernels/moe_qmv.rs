@@ -5,14 +5,17 @@
 //! lays them out: (E, out, in * bits / 32) uint32 with (E, out, in / group_size) scales and
 //! biases.
 
-use super::{numel, require_float, require_size, DType, KernelSource, Launch, TemplateArg};
+use super::{numel, require_float, require_size, DType, KernelSource, Launch, TemplateArg, WARP};
 use crate::error::{shape_str, Error, Result};
+
+/// Dequantisation and dot-product helpers both kernels share.
+pub const QMV: &str = include_str!("cuda/qmv.cuh");
 
 pub static MOE_QMV_SWIGLU: KernelSource = KernelSource {
     name: "zmlx_moe_qmv_swiglu",
     inputs: &["x", "indices", "w", "scales", "biases"],
     outputs: &["act"],
-    numel_of: "indices",
+    helpers: &[WARP, QMV],
     body: include_str!("cuda/moe_qmv_swiglu.cu"),
 };
 
@@ -20,7 +23,7 @@ pub static MOE_QMV_COMBINE: KernelSource = KernelSource {
     name: "zmlx_moe_qmv_combine",
     inputs: &["act", "indices", "scores", "w", "scales", "biases"],
     outputs: &["out"],
-    numel_of: "indices",
+    helpers: &[WARP, QMV],
     body: include_str!("cuda/moe_qmv_combine.cu"),
 };
 

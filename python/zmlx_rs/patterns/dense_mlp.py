@@ -195,9 +195,13 @@ class FusedGatedMLP(Fused):
     def __call__(self, x: mx.array) -> mx.array:
         h = self.gate_up_proj(x)
         if self.activation == "silu":
-            a = kernels.swiglu_packed(h)
+            a = kernels.swiglu_packed(h, differentiable=self.training)
         else:
-            a = kernels.geglu_packed(h, approximate=self.activation == "gelu_approx")
+            a = kernels.geglu_packed(
+                h,
+                approximate=self.activation == "gelu_approx",
+                differentiable=self.training,
+            )
         return self.down_proj(a)
 
 

@@ -67,7 +67,8 @@ class FusedSwitchGLU(Fused):
         self, x: mx.array, indices: mx.array, sorted_indices: bool = False
     ) -> mx.array:
         h = self.gate_up_proj(x, indices, sorted_indices=sorted_indices)
-        return self.down_proj(kernels.swiglu_packed(h), indices, sorted_indices=sorted_indices)
+        a = kernels.swiglu_packed(h, differentiable=self.training)
+        return self.down_proj(a, indices, sorted_indices=sorted_indices)
 
 
 class MoEExperts(Pattern):
@@ -198,12 +199,20 @@ class FusedMoEBlock(Fused):
                 norm_topk=r.norm_topk,
                 bias=self.gate.e_score_correction_bias,
                 scale=r.scale,
+                differentiable=self.training,
             )
-        return kernels.moe_gating(self[r.router](x), r.k, mode=r.mode, norm_topk=r.norm_topk)
+        return kernels.moe_gating(
+            self[r.router](x),
+            r.k,
+            mode=r.mode,
+            norm_topk=r.norm_topk,
+            differentiable=self.training,
+        )
 
     def experts_and_combine(self, x: mx.array, indices: mx.array, scores: mx.array) -> mx.array:
         """Sum of the picked experts' outputs weighted by their scores."""
-        return kernels.gather_add(self[self.routing.experts](x, indices), scores)
+        y = self[self.routing.experts](x, indices)
+        return kernels.gather_add(y, scores, differentiable=self.training)
 
     def add_shared_experts(self, x: mx.array, y: mx.array) -> mx.array:
         if "shared_experts" in self:

@@ -6,7 +6,8 @@ gather_qmm, as do experts the kernels cannot take.
 
 The kernels need gate|up packed into one matrix: that is the `moe_experts` pattern, applied to
 the block's `switch_mlp` after this one (registry order); without it this pattern is
-`moe_block`.
+`moe_block`. It comes after `moe_block` in the registry, so it is opt-in:
+`patch(model, exclude=["moe_block"])` or `patch(model, patterns=["moe_decode", "moe_experts"])`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import mlx.nn as nn
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 
 from zmlx_rs import _backend, kernels
-from zmlx_rs.patterns._base import Fused
 from zmlx_rs.patterns.moe import FusedMoEBlock, FusedSwitchGLU, MoEBlock
 
 __all__ = ["DECODE_MAX_PAIRS", "FusedMoEDecodeBlock", "MoEDecode"]
@@ -45,23 +45,24 @@ def _kernel_experts(mlp: nn.Module) -> bool:
 
 
 class FusedMoEDecodeBlock(FusedMoEBlock):
-    """`FusedMoEBlock` whose experts run as two kernels at decode sizes."""
+    """`FusedMoEBlock` whose experts run as two kernels at decode sizes, in eval mode."""
 
     pattern = "moe_decode"
 
     def __init__(self, original: nn.Module, routing) -> None:
         super().__init__(original, routing)
-        # Which switch_mlp was last checked: it may be swapped after patching.
+        # Which experts module was last checked: it may be swapped after patching.
         object.__setattr__(self, "_checked", (None, False))
         self.note = routing.describe() + ", decode experts in 2 kernels"
 
     def experts_and_combine(self, x: mx.array, indices: mx.array, scores: mx.array) -> mx.array:
-        mlp = self.switch_mlp
+        mlp = self[self.routing.experts]
         checked, ok = self.__dict__["_checked"]
         if checked is not mlp:
             ok = _kernel_experts(mlp)
             object.__setattr__(self, "_checked", (mlp, ok))
-        if not (ok and indices.size <= DECODE_MAX_PAIRS and _backend.on_cuda()):
+        # The kernels have no vjp: training keeps the differentiable path.
+        if not ok or self.training or indices.size > DECODE_MAX_PAIRS or not _backend.on_cuda():
             return super().experts_and_combine(x, indices, scores)
         gu, down = mlp.gate_up_proj, mlp.down_proj
         act = kernels.gather_qmv_swiglu(
@@ -86,14 +87,13 @@ class FusedMoEDecodeBlock(FusedMoEBlock):
 
 
 class MoEDecode(MoEBlock):
+    """`moe_block` with `FusedMoEDecodeBlock`, under its own name."""
+
     name = "moe_decode"
     description = (
         "MoE block: moe_block + decode-size quantised experts in 2 kernels "
         "(gather_qmv_swiglu, gather_qmv_combine)"
     )
-    fused_types = (FusedMoEDecodeBlock,)
 
-    def apply(self, module: nn.Module, path: str) -> Fused:
-        fused = super().apply(module, path)
-        assert isinstance(fused, FusedMoEBlock)
-        return FusedMoEDecodeBlock(module, fused.routing)
+    def __init__(self) -> None:
+        super().__init__(fused_class=FusedMoEDecodeBlock)
