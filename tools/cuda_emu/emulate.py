@@ -30,12 +30,13 @@ MX = {"float16": mx.float16, "float32": mx.float32}
 BUILD = Path(tempfile.gettempdir()) / "zmlx_cuda_emu"
 
 
-def cuda_include() -> str:
+def cuda_includes() -> list[str]:
+    """-I flags for the CUDA runtime headers and libcu++ (`cuda/std/...`)."""
     import nvidia
 
     for base in nvidia.__path__:
         for p in Path(base).glob("*/include/cuda_fp16.h"):
-            return str(p.parent)
+            return ["-I", str(p.parent), "-I", str(p.parent / "cccl")]
     raise SystemExit("CUDA headers not found: pip install nvidia-cuda-runtime nvidia-cuda-cccl")
 
 
@@ -79,7 +80,7 @@ def compile_launch(launch, in_dtypes: list[str], out_dtype: str) -> ctypes.CDLL:
     if not so.exists():
         cpp = so.with_suffix(".cpp")
         cpp.write_text(src)
-        cmd = ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-w", "-I", cuda_include()]
+        cmd = ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-w", *cuda_includes()]
         cmd += ["-I", str(HERE), str(cpp), "-o", str(so), "-lpthread"]
         subprocess.run(cmd, check=True)
     return ctypes.CDLL(str(so))
