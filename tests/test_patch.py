@@ -239,7 +239,13 @@ def test_pattern_selection_and_errors():
         zmlx_rs.patch(model, patterns="dense_mlp")
     with pytest.raises(ZmlxError, match="'model'"):
         zmlx_rs.patch(object())
-    assert patterns.names() == ["moe_block", "moe_experts", "attention_qkv", "dense_mlp"]
+    assert patterns.names() == [
+        "moe_block",
+        "moe_decode",
+        "moe_experts",
+        "attention_qkv",
+        "dense_mlp",
+    ]
 
 
 def test_unrecognised_forward_is_reported_not_patched():
@@ -311,7 +317,13 @@ def test_a_specialised_moe_block_can_take_the_patterns_place():
     saved = list(patterns.ALL)
     try:
         patterns.register(MoEBlock(fused_class=CountingBlock))
-        assert patterns.names() == ["moe_block", "moe_experts", "attention_qkv", "dense_mlp"]
+        assert patterns.names() == [
+            "moe_block",
+            "moe_decode",
+            "moe_experts",
+            "attention_qkv",
+            "dense_mlp",
+        ]
         model = build("qwen3_moe")
         ref = model(PROMPT)
         zmlx_rs.patch(model)

@@ -28,6 +28,8 @@ __all__ = [
     "median",
     "plan_dropout",
     "plan_gather_add",
+    "plan_gather_qmv_combine",
+    "plan_gather_qmv_swiglu",
     "plan_glu",
     "plan_glu_backward",
     "plan_glu_packed",
@@ -204,3 +206,22 @@ def locate_toolchain(
     extra_include_dirs: list[str | PathLike[str]],
 ) -> tuple[Path, list[Path]]: ...
 def device_arch(major: int, minor: int) -> str: ...
+def plan_gather_qmv_swiglu(
+    x: tuple[list[int], str],
+    indices: tuple[list[int], str],
+    w: tuple[list[int], str],
+    scales: tuple[list[int], str],
+    biases: tuple[list[int], str],
+    bits: int,
+    group_size: int,
+) -> Launch: ...
+def plan_gather_qmv_combine(
+    act: tuple[list[int], str],
+    indices: tuple[list[int], str],
+    scores: tuple[list[int], str],
+    w: tuple[list[int], str],
+    scales: tuple[list[int], str],
+    biases: tuple[list[int], str],
+    bits: int,
+    group_size: int,
+) -> Launch: ...

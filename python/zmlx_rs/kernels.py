@@ -19,6 +19,8 @@ from zmlx_rs import reference as ref
 __all__ = [
     "dropout",
     "gather_add",
+    "gather_qmv_combine",
+    "gather_qmv_swiglu",
     "geglu",
     "geglu_packed",
     "moe_gating",
@@ -492,3 +494,145 @@ def gather_add(y: mx.array, scores: mx.array, *, differentiable: bool = True) ->
             return _gather_add_fused(y, scores, launch)
         return _GATHER_ADD([y, scores], launch)[0]
     return ref.gather_add(y, scores)
+
+
+# ---------------------------------------------------------------------------------------
+# Quantised MoE experts at decode sizes
+
+
+_QMV_SWIGLU = _Kernel("zmlx_moe_qmv_swiglu", _native.plan_gather_qmv_swiglu)
+_QMV_COMBINE = _Kernel("zmlx_moe_qmv_combine", _native.plan_gather_qmv_combine)
+
+
+def _qmv_spec(a: Any, arg: str, op: str) -> tuple[list[int], str]:
+    dtype = _dtype_name(a, arg, op)
+    return list(a.shape), dtype
+
+
+def _quant_ints(group_size: Any, bits: Any, op: str) -> None:
+    for arg, v in (("group_size", group_size), ("bits", bits)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _native.ZmlxError(f"{op}(): '{arg}' must be an int, got {v!r}")
+
+
+def _qmv_swiglu_launch(x, indices, w, scales, biases, group_size, bits) -> _Launch:
+    try:
+        key: tuple = (
+            x.shape,
+            x.dtype,
+            indices.shape,
+            indices.dtype,
+            w.shape,
+            w.dtype,
+            scales.shape,
+            scales.dtype,
+            biases.shape,
+            biases.dtype,
+            group_size,
+            bits,
+        )
+        got = _QMV_SWIGLU._launches.get(key)
+    except (AttributeError, TypeError):
+        key, got = (), None
+    if got is not None:
+        return got
+    op = "gather_qmv_swiglu"
+    _quant_ints(group_size, bits, op)
+    return _QMV_SWIGLU.launch(
+        key,
+        _qmv_spec(x, "x", op),
+        _qmv_spec(indices, "indices", op),
+        _qmv_spec(w, "w", op),
+        _qmv_spec(scales, "scales", op),
+        _qmv_spec(biases, "biases", op),
+        bits,
+        group_size,
+    )
+
+
+def gather_qmv_swiglu(
+    x: mx.array,
+    indices: mx.array,
+    w: mx.array,
+    scales: mx.array,
+    biases: mx.array,
+    *,
+    group_size: int = 64,
+    bits: int = 4,
+) -> mx.array:
+    """Quantised MoE up-projection + SwiGLU for small token counts, in one kernel.
+
+    ``w`` (E, 2I, D * bits / 32), ``scales``/``biases`` (E, 2I, D / group_size) are the
+    ``mx.quantize`` output of each expert's ``[gate | up]`` rows (gate first). For x (..., D)
+    and indices (..., k) returns ``silu(gate) * up`` as (..., k, I) in x's dtype, fp32
+    accumulation. 4- and 8-bit, group sizes 32/64/128. Inference only (no vjp); on other
+    backends, ``mx.gather_qmm`` then SwiGLU. Out-of-range indices are clamped on CUDA.
+    """
+    launch = _qmv_swiglu_launch(x, indices, w, scales, biases, group_size, bits)
+    if _backend.on_cuda():
+        return _QMV_SWIGLU([x, indices, w, scales, biases], launch)[0]
+    return ref.gather_qmv_swiglu(x, indices, w, scales, biases, group_size=group_size, bits=bits)
+
+
+def _qmv_combine_launch(act, indices, scores, w, scales, biases, group_size, bits) -> _Launch:
+    try:
+        key: tuple = (
+            act.shape,
+            act.dtype,
+            indices.shape,
+            indices.dtype,
+            scores.shape,
+            scores.dtype,
+            w.shape,
+            w.dtype,
+            scales.shape,
+            scales.dtype,
+            biases.shape,
+            biases.dtype,
+            group_size,
+            bits,
+        )
+        got = _QMV_COMBINE._launches.get(key)
+    except (AttributeError, TypeError):
+        key, got = (), None
+    if got is not None:
+        return got
+    op = "gather_qmv_combine"
+    _quant_ints(group_size, bits, op)
+    return _QMV_COMBINE.launch(
+        key,
+        _qmv_spec(act, "act", op),
+        _qmv_spec(indices, "indices", op),
+        _qmv_spec(scores, "scores", op),
+        _qmv_spec(w, "w", op),
+        _qmv_spec(scales, "scales", op),
+        _qmv_spec(biases, "biases", op),
+        bits,
+        group_size,
+    )
+
+
+def gather_qmv_combine(
+    act: mx.array,
+    indices: mx.array,
+    scores: mx.array,
+    w: mx.array,
+    scales: mx.array,
+    biases: mx.array,
+    *,
+    group_size: int = 64,
+    bits: int = 4,
+) -> mx.array:
+    """Quantised MoE down-projection + weighted combine for small token counts, one kernel.
+
+    ``out[..., d] = sum_k scores[..., k] * (act[..., k, :] . down[indices[..., k], d, :])``
+    with act (..., k, I), ``w`` (E, D, I * bits / 32) and its scales/biases as
+    ``mx.quantize`` lays them out; fp32 accumulation, (..., D) in act's dtype. Inference only;
+    on other backends, ``mx.gather_qmm`` then the combine.
+    """
+    launch = _qmv_combine_launch(act, indices, scores, w, scales, biases, group_size, bits)
+    if _backend.on_cuda():
+        return _QMV_COMBINE([act, indices, scores, w, scales, biases], launch)[0]
+    return ref.gather_qmv_combine(
+        act, indices, scores, w, scales, biases, group_size=group_size, bits=bits
+    )

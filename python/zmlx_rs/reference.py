@@ -12,6 +12,8 @@ import mlx.nn as nn
 __all__ = [
     "dropout",
     "gather_add",
+    "gather_qmv_combine",
+    "gather_qmv_swiglu",
     "geglu",
     "geglu_packed",
     "moe_gating",
@@ -127,3 +129,54 @@ def moe_gating(
     indices = mx.stop_gradient(mx.take_along_axis(picked, order, axis=-1)).astype(mx.uint32)
     scores = moe_scores_for(logits, indices, mode=mode, norm_topk=norm_topk, scale=scale)
     return scores, indices
+
+
+def gather_qmv_swiglu(
+    x: mx.array,
+    indices: mx.array,
+    w: mx.array,
+    scales: mx.array,
+    biases: mx.array,
+    *,
+    group_size: int,
+    bits: int,
+) -> mx.array:
+    """The unfused quantised MoE up-projection: one gather_qmm over the packed [gate | up]
+    experts, then SwiGLU. x (..., D), indices (..., k) -> (..., k, I)."""
+    h = mx.gather_qmm(
+        mx.expand_dims(x, (-2, -3)),
+        w,
+        scales,
+        biases,
+        rhs_indices=indices,
+        transpose=True,
+        group_size=group_size,
+        bits=bits,
+    )
+    gate, up = mx.split(h.squeeze(-2), 2, axis=-1)
+    return _swiglu(gate, up)
+
+
+def gather_qmv_combine(
+    act: mx.array,
+    indices: mx.array,
+    scores: mx.array,
+    w: mx.array,
+    scales: mx.array,
+    biases: mx.array,
+    *,
+    group_size: int,
+    bits: int,
+) -> mx.array:
+    """The unfused quantised MoE down-projection and combine: act (..., k, I) -> (..., D)."""
+    y = mx.gather_qmm(
+        mx.expand_dims(act, -2),
+        w,
+        scales,
+        biases,
+        rhs_indices=indices,
+        transpose=True,
+        group_size=group_size,
+        bits=bits,
+    )
+    return gather_add(y.squeeze(-2), scores)

@@ -7,6 +7,7 @@ pub mod dropout;
 pub mod gather_add;
 pub mod glu;
 pub mod moe_gating;
+pub mod moe_qmv;
 pub mod render;
 
 use crate::error::{Error, Result};
@@ -260,6 +261,8 @@ pub fn catalog() -> Vec<&'static KernelSource> {
         &moe_gating::MOE_GATING,
         &moe_gating::MOE_GATING_BIASED,
         &gather_add::GATHER_ADD,
+        &moe_qmv::MOE_QMV_SWIGLU,
+        &moe_qmv::MOE_QMV_COMBINE,
     ]
 }
 

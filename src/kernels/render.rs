@@ -162,7 +162,7 @@ pub fn cuda_type(dtype: DType) -> Result<&'static str> {
 /// warming: each kernel in every dtype × activation / gating mode, at the sizes real models
 /// use (Qwen3-30B-A3B: E=128, K=8, expert FFN 768, hidden 2048; Mixtral: E=8, K=2) and odd ones.
 pub fn specialisations() -> Vec<Specialisation> {
-    use super::{dropout, gather_add, glu, moe_gating};
+    use super::{dropout, gather_add, glu, moe_gating, moe_qmv};
     const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
     let mut out = Vec::new();
     let mut add = |launch: Result<Launch>, inputs: Vec<DType>| {
@@ -241,6 +241,50 @@ pub fn specialisations() -> Vec<Specialisation> {
                     vec![dt, sdt],
                 );
             }
+        }
+    }
+    // Quantised MoE decode at the Qwen3-30B-A3B shape (4-bit, group 64) and an 8-bit,
+    // group-32 odd shape, in the half dtypes models run in.
+    for dt in [DType::F16, DType::BF16] {
+        for (bits, gs, d, inter, e, k) in [(4, 64, 2048, 768, 128, 8), (8, 32, 96, 160, 8, 2)] {
+            let pack = |n: usize| n * bits / 32;
+            let w_gu = [e, 2 * inter, pack(d)];
+            let s_gu = [e, 2 * inter, d / gs];
+            let gate_up = moe_qmv::Experts {
+                w: (&w_gu, DType::U32),
+                scales: (&s_gu, dt),
+                biases: (&s_gu, dt),
+            };
+            let (x, idx) = ([1, d], [1, k]);
+            add(
+                moe_qmv::plan_swiglu(
+                    (&x, dt),
+                    (&idx, DType::U32),
+                    gate_up,
+                    bits as i64,
+                    gs as i64,
+                ),
+                vec![dt, DType::U32, DType::U32, dt, dt],
+            );
+            let w_d = [e, d, pack(inter)];
+            let s_d = [e, d, inter / gs];
+            let down = moe_qmv::Experts {
+                w: (&w_d, DType::U32),
+                scales: (&s_d, dt),
+                biases: (&s_d, dt),
+            };
+            let act = [1, k, inter];
+            add(
+                moe_qmv::plan_combine(
+                    (&act, dt),
+                    (&idx, DType::U32),
+                    (&idx, dt),
+                    down,
+                    bits as i64,
+                    gs as i64,
+                ),
+                vec![dt, DType::U32, dt, DType::U32, dt, dt],
+            );
         }
     }
     // Some loops meet the same specialisation twice (scores dtype == y dtype).

@@ -1,6 +1,6 @@
 use crate::error::Error;
 use crate::kernels::{
-    self, dropout, gather_add, glu, moe_gating, DType, Launch as CoreLaunch, TemplateArg,
+    self, dropout, gather_add, glu, moe_gating, moe_qmv, DType, Launch as CoreLaunch, TemplateArg,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyString, PyTuple};
@@ -220,6 +220,74 @@ fn plan_gather_add(
     launch(gather_add::plan(&y_shape, y, &scores_shape, s))
 }
 
+type ShapeDtype = (Vec<usize>, String);
+
+fn spec<'a>(
+    op: &'static str,
+    arg: &'static str,
+    a: &'a ShapeDtype,
+) -> Result<moe_qmv::ArraySpec<'a>, Error> {
+    Ok((a.0.as_slice(), dtype(op, arg, &a.1)?))
+}
+
+fn experts<'a>(
+    op: &'static str,
+    w: &'a ShapeDtype,
+    scales: &'a ShapeDtype,
+    biases: &'a ShapeDtype,
+) -> Result<moe_qmv::Experts<'a>, Error> {
+    Ok(moe_qmv::Experts {
+        w: spec(op, "w", w)?,
+        scales: spec(op, "scales", scales)?,
+        biases: spec(op, "biases", biases)?,
+    })
+}
+
+/// Arrays arrive as `(shape, dtype name)` pairs.
+#[pyfunction]
+fn plan_gather_qmv_swiglu(
+    x: ShapeDtype,
+    indices: ShapeDtype,
+    w: ShapeDtype,
+    scales: ShapeDtype,
+    biases: ShapeDtype,
+    bits: i64,
+    group_size: i64,
+) -> PyResult<Launch> {
+    const OP: &str = "gather_qmv_swiglu";
+    launch(moe_qmv::plan_swiglu(
+        spec(OP, "x", &x)?,
+        spec(OP, "indices", &indices)?,
+        experts(OP, &w, &scales, &biases)?,
+        bits,
+        group_size,
+    ))
+}
+
+/// Arrays arrive as `(shape, dtype name)` pairs.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn plan_gather_qmv_combine(
+    act: ShapeDtype,
+    indices: ShapeDtype,
+    scores: ShapeDtype,
+    w: ShapeDtype,
+    scales: ShapeDtype,
+    biases: ShapeDtype,
+    bits: i64,
+    group_size: i64,
+) -> PyResult<Launch> {
+    const OP: &str = "gather_qmv_combine";
+    launch(moe_qmv::plan_combine(
+        spec(OP, "act", &act)?,
+        spec(OP, "indices", &indices)?,
+        spec(OP, "scores", &scores)?,
+        experts(OP, &w, &scales, &biases)?,
+        bits,
+        group_size,
+    ))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KernelSpec>()?;
     m.add_class::<Launch>()?;
@@ -233,5 +301,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_dropout, m)?)?;
     m.add_function(wrap_pyfunction!(plan_moe_gating, m)?)?;
     m.add_function(wrap_pyfunction!(plan_gather_add, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_gather_qmv_swiglu, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_gather_qmv_combine, m)?)?;
     Ok(())
 }

@@ -9,10 +9,13 @@ from zmlx_rs.patterns._base import OK, Fused, Pattern
 from zmlx_rs.patterns.attention_qkv import AttentionQKV
 from zmlx_rs.patterns.dense_mlp import DenseMLP
 from zmlx_rs.patterns.moe import MoEBlock, MoEExperts
+from zmlx_rs.patterns.moe_decode import MoEDecode
 
 __all__ = ["ALL", "OK", "Fused", "Pattern", "get", "names", "register"]
 
-ALL: list[Pattern] = [MoEBlock(), MoEExperts(), AttentionQKV(), DenseMLP()]
+# moe_decode after moe_block: the default stays moe_block until the decode kernels are
+# measured on the GPU; `exclude=["moe_block"]` or `patterns=[...]` selects moe_decode.
+ALL: list[Pattern] = [MoEBlock(), MoEDecode(), MoEExperts(), AttentionQKV(), DenseMLP()]
 
 
 def names() -> list[str]:

@@ -1,0 +1,218 @@
+"""Quantised MoE decode kernels: time per call and achieved bandwidth (bytes of the selected
+experts' weights, scales and biases / time) at real decode shapes, against the unfused
+mx.gather_qmm path and the device's copy bandwidth measured in the same run.
+
+Each timing is one graph of CALLS independent calls, each on its own random expert picks (so
+weights come from HBM, not L2), median over rounds. Writes benchmarks/results/moe_qmv.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import mlx.core as mx
+from zmlx_rs import _backend, kernels
+from zmlx_rs import reference as ref
+
+# name: (D, I, experts, k)
+SHAPES = {
+    "qwen3_30b_a3b": (2048, 768, 128, 8),
+    "mixtral_8x7b": (4096, 14336, 8, 2),
+    "glm45_air": (4096, 1408, 128, 8),
+}
+CALLS = 64
+
+
+def _timed(make, rounds: int) -> float:
+    """Median seconds per call of `make()` (returns CALLS outputs), after a warm-up."""
+    mx.eval(make())
+    times = []
+    for _ in range(rounds):
+        outs = make()
+        t0 = time.perf_counter()
+        mx.eval(outs)
+        times.append((time.perf_counter() - t0) / CALLS)
+    return statistics.median(times)
+
+
+def copy_bandwidth(nbytes: int, rounds: int) -> float:
+    """Bytes read + written per second by `a * 1` on a bf16 array of `nbytes`."""
+    a = mx.random.normal((nbytes // 2,)).astype(mx.bfloat16)
+    mx.eval(a)
+    mx.eval(a * 1)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        mx.eval(a * 1)
+        times.append(time.perf_counter() - t0)
+    return 2 * nbytes / statistics.median(times)
+
+
+def _experts(n, rows, cols, bits, gs, dtype):
+    w = (mx.random.normal((n, rows, cols)) * cols**-0.5).astype(dtype)
+    q, s, b = mx.quantize(w, group_size=gs, bits=bits)
+    mx.eval(q, s, b)
+    return q, s, b
+
+
+def _variant(launch, rows: int, warps: int, rows_per_warp: int):
+    """`launch` retiled: `warps` warps per block, `rows_per_warp` output rows per warp."""
+    v = copy.copy(launch)
+    v.template = [
+        (n, warps if n == "WARPS" else rows_per_warp if n == "R" else x) for n, x in launch.template
+    ]
+    blocks = -(-rows // (warps * rows_per_warp))
+    v.grid = (blocks * warps * 32, launch.grid[1], 1)
+    v.threadgroup = (warps * 32, 1, 1)
+    return v
+
+
+def sweep_tiles(up, down, xs, picks, scores, acts, d, inter, gs, bits, rounds):
+    """Time per call of each (warps per block, rows per warp) tiling of both kernels."""
+    rows = []
+    for op, kernel, n_rows, tiles in (
+        (
+            "gather_qmv_swiglu",
+            kernels._QMV_SWIGLU,
+            inter,
+            [(8, 2), (4, 2), (8, 1), (4, 1), (8, 4), (4, 4)],
+        ),
+        (
+            "gather_qmv_combine",
+            kernels._QMV_COMBINE,
+            d,
+            [(8, 1), (4, 1), (8, 2), (4, 2), (16, 1), (2, 1)],
+        ),
+    ):
+        if op == "gather_qmv_swiglu":
+            base = kernels._qmv_swiglu_launch(xs[0], picks[0], *up, gs, bits)
+            inputs = [[x, i, *up] for x, i in zip(xs, picks, strict=True)]
+        else:
+            base = kernels._qmv_combine_launch(acts[0], picks[0], scores[0], *down, gs, bits)
+            inputs = [[a, i, s, *down] for a, i, s in zip(acts, picks, scores, strict=True)]
+        for warps, r in tiles:
+            v = _variant(base, n_rows, warps, r)
+            t = _timed(lambda v=v, f=kernel, ins=inputs: [f(i, v)[0] for i in ins], rounds)
+            rows.append({"op": op, "warps": warps, "rows_per_warp": r, "us": t * 1e6})
+    return rows
+
+
+def bench_shape(name, d, inter, n_experts, k, bits, gs, dtype, rounds, sweep=False):
+    up = _experts(n_experts, 2 * inter, d, bits, gs, dtype)
+    down = _experts(n_experts, d, inter, bits, gs, dtype)
+    xs = [mx.random.normal((1, d)).astype(dtype) for _ in range(CALLS)]
+    picks = [
+        mx.argsort(mx.random.uniform(shape=(1, n_experts)))[:, :k].astype(mx.uint32)
+        for _ in range(CALLS)
+    ]
+    scores = [mx.softmax(mx.random.normal((1, k)), axis=-1).astype(dtype) for _ in range(CALLS)]
+    q = {"group_size": gs, "bits": bits}
+    pairs = list(zip(xs, picks, strict=True))
+    acts = [ref.gather_qmv_swiglu(x, i, *up, **q) for x, i in pairs]
+    triples = list(zip(acts, picks, scores, strict=True))
+    mx.eval(xs, picks, scores, acts)
+
+    def row_bytes(cols):  # packed weights + one scale and one bias per group
+        return cols * bits // 8 + 2 * (cols // gs) * up[1].itemsize
+
+    up_bytes = k * 2 * inter * row_bytes(d)
+    down_bytes = k * d * row_bytes(inter)
+    runs = {
+        "gather_qmv_swiglu": (
+            up_bytes,
+            lambda: [kernels.gather_qmv_swiglu(x, i, *up, **q) for x, i in pairs],
+            lambda: [ref.gather_qmv_swiglu(x, i, *up, **q) for x, i in pairs],
+        ),
+        "gather_qmv_combine": (
+            down_bytes,
+            lambda: [kernels.gather_qmv_combine(a, i, s, *down, **q) for a, i, s in triples],
+            lambda: [ref.gather_qmv_combine(a, i, s, *down, **q) for a, i, s in triples],
+        ),
+    }
+    rows = []
+    if sweep and _backend.on_cuda():
+        for r in sweep_tiles(up, down, xs, picks, scores, acts, d, inter, gs, bits, rounds):
+            nbytes = up_bytes if r["op"] == "gather_qmv_swiglu" else down_bytes
+            rows.append({"shape": name, "sweep": True, **r, "GBps": nbytes / r["us"] / 1e3})
+    for op, (nbytes, fused, unfused) in runs.items():
+        t_fused = _timed(fused, rounds)
+        t_unfused = _timed(unfused, rounds)
+        rows.append(
+            {
+                "shape": name,
+                "op": op,
+                "D": d,
+                "I": inter,
+                "experts": n_experts,
+                "k": k,
+                "bytes": nbytes,
+                "fused_us": t_fused * 1e6,
+                "unfused_us": t_unfused * 1e6,
+                "fused_GBps": nbytes / t_fused / 1e9,
+                "unfused_GBps": nbytes / t_unfused / 1e9,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--out", default="benchmarks/results/moe_qmv.json")
+    p.add_argument("--sweep", action="store_true", help="also time other block tilings")
+    args = p.parse_args()
+    dtype = mx.bfloat16
+    copy_big = copy_bandwidth(1 << 30, args.rounds)
+    rows = []
+    for name, (d, inter, n_experts, k) in SHAPES.items():
+        rows += bench_shape(
+            name, d, inter, n_experts, k, args.bits, args.group_size, dtype, args.rounds, args.sweep
+        )
+    sweeps = [r for r in rows if r.get("sweep")]
+    rows = [r for r in rows if not r.get("sweep")]
+    for r in rows:
+        r["fraction_of_copy"] = r["fused_GBps"] * 1e9 / copy_big
+    device = mx.device_info() if hasattr(mx, "device_info") else {}
+    result = {
+        "backend": _backend.name(),
+        "device": str(device.get("device_name", platform.processor())),
+        "bits": args.bits,
+        "group_size": args.group_size,
+        "dtype": "bfloat16",
+        "calls_per_graph": CALLS,
+        "copy_GBps": copy_big / 1e9,
+        "rows": rows,
+        "tilings": sweeps,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"{result['device']} ({result['backend']}): copy {copy_big / 1e9:.0f} GB/s (read+write)")
+    print(
+        f"{'shape':<15}{'op':<20}{'MB':>7}{'fused us':>10}{'GB/s':>8}{'of copy':>9}"
+        f"{'unfused us':>12}{'GB/s':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['shape']:<15}{r['op']:<20}{r['bytes'] / 1e6:>7.1f}{r['fused_us']:>10.1f}"
+            f"{r['fused_GBps']:>8.0f}{r['fraction_of_copy']:>9.0%}{r['unfused_us']:>12.1f}"
+            f"{r['unfused_GBps']:>8.0f}"
+        )
+
+    for r in sweeps:
+        print(
+            f"  tiling {r['shape']:<15}{r['op']:<20} warps {r['warps']:>2} rows/warp "
+            f"{r['rows_per_warp']}: {r['us']:7.1f} us {r['GBps']:6.0f} GB/s"
+        )
+
+
+if __name__ == "__main__":
+    main()

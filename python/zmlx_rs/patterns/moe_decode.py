@@ -1,0 +1,99 @@
+"""MoE decode: the `moe_block` rewrite plus, at decode sizes on MLX-CUDA, the experts as two
+quantised kernels: `gather_qmv_swiglu` (gate|up + SwiGLU) and `gather_qmv_combine` (down +
+weighted sum). A decode step's MoE block is then four nodes: router matmul, `moe_gating` and
+the two kernels. Prefill (tokens * k > 64) keeps the `moe_block` path and mlx-lm's sorted
+gather_qmm, as do experts the kernels cannot take.
+
+The kernels need gate|up packed into one matrix: that is the `moe_experts` pattern, applied to
+the block's `switch_mlp` after this one (registry order); without it this pattern is
+`moe_block`. It comes after `moe_block` in the registry, so it is opt-in:
+`patch(model, exclude=["moe_block"])` or `patch(model, patterns=["moe_decode", "moe_experts"])`.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear
+
+from zmlx_rs import _backend, kernels
+from zmlx_rs.patterns.moe import FusedMoEBlock, FusedSwitchGLU, MoEBlock
+
+__all__ = ["DECODE_MAX_PAIRS", "FusedMoEDecodeBlock", "MoEDecode"]
+
+# The kernels read each selected expert once per (token, k) pair; past this many pairs the
+# sorted gather_qmm, which reads an expert once for all its tokens, wins.
+DECODE_MAX_PAIRS = 64
+
+
+def _kernel_experts(mlp: nn.Module) -> bool:
+    """Whether the kernels take these experts: packed gate|up, affine 4/8-bit, no biases."""
+    if not isinstance(mlp, FusedSwitchGLU):
+        return False
+    for proj in (mlp.gate_up_proj, mlp.down_proj):
+        if not (
+            type(proj) is QuantizedSwitchLinear
+            and getattr(proj, "mode", "affine") == "affine"
+            and proj.get("biases") is not None
+            and "bias" not in proj
+            and getattr(proj, "global_scale", None) is None
+            and proj.bits in (4, 8)
+            and proj.group_size in (32, 64, 128)
+        ):
+            return False
+    return True
+
+
+class FusedMoEDecodeBlock(FusedMoEBlock):
+    """`FusedMoEBlock` whose experts run as two kernels at decode sizes, in eval mode."""
+
+    pattern = "moe_decode"
+
+    def __init__(self, original: nn.Module, routing) -> None:
+        super().__init__(original, routing)
+        # Which experts module was last checked: it may be swapped after patching.
+        object.__setattr__(self, "_checked", (None, False))
+        self.note = routing.describe() + ", decode experts in 2 kernels"
+
+    def experts_and_combine(self, x: mx.array, indices: mx.array, scores: mx.array) -> mx.array:
+        mlp = self[self.routing.experts]
+        checked, ok = self.__dict__["_checked"]
+        if checked is not mlp:
+            ok = _kernel_experts(mlp)
+            object.__setattr__(self, "_checked", (mlp, ok))
+        # The kernels have no vjp: training keeps the differentiable path.
+        if not ok or self.training or indices.size > DECODE_MAX_PAIRS or not _backend.on_cuda():
+            return super().experts_and_combine(x, indices, scores)
+        gu, down = mlp.gate_up_proj, mlp.down_proj
+        act = kernels.gather_qmv_swiglu(
+            x,
+            indices,
+            gu["weight"],
+            gu["scales"],
+            gu["biases"],
+            group_size=gu.group_size,
+            bits=gu.bits,
+        )
+        return kernels.gather_qmv_combine(
+            act,
+            indices,
+            scores,
+            down["weight"],
+            down["scales"],
+            down["biases"],
+            group_size=down.group_size,
+            bits=down.bits,
+        )
+
+
+class MoEDecode(MoEBlock):
+    """`moe_block` with `FusedMoEDecodeBlock`, under its own name."""
+
+    name = "moe_decode"
+    description = (
+        "MoE block: moe_block + decode-size quantised experts in 2 kernels "
+        "(gather_qmv_swiglu, gather_qmv_combine)"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(fused_class=FusedMoEDecodeBlock)
