@@ -114,7 +114,9 @@ def test_random_slices_of_real_text_stream_identically(wrapper, seed):
 
 
 def test_long_line_without_newlines(wrapper):
-    ids = wrapper.encode(" ".join(c.replace("\n", " ") for c in CORPUS * 8), add_special_tokens=False)
+    ids = wrapper.encode(
+        " ".join(c.replace("\n", " ") for c in CORPUS * 8), add_special_tokens=False
+    )
     assert_same_stream(wrapper, ids)
 
 

@@ -71,7 +71,9 @@ def _spm_bpe(vocab_size: int) -> dict:
     tok.normalizer = normalizers.Sequence(
         [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
     )
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False
+    )
     tok.train_from_iterator(_corpus(), trainer)
     spec = json.loads(tok.to_str())
     learned = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
@@ -139,7 +141,12 @@ def byte_fallback_naive(folder: Path, vocab_size: int = 500) -> Path:
         "type": "Sequence",
         "decoders": [
             {"type": "ByteFallback"},
-            {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True},
+            {
+                "type": "Metaspace",
+                "replacement": "\u2581",
+                "prepend_scheme": "always",
+                "split": True,
+            },
         ],
     }
     return _save_spec(folder, spec, _llama_config())
