@@ -8,7 +8,6 @@ import struct
 
 import mlx.core as mx
 import pytest
-
 import zmlx_rs
 from zmlx_rs.checkpoint import inspect
 
@@ -97,7 +96,7 @@ BROKEN = {
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_broken_files_are_checkpoint_errors_naming_the_file(tmp_path, case):
     (tmp_path / "model.safetensors").write_bytes(BROKEN[case])
-    with pytest.raises(zmlx_rs.CheckpointError, match="model.safetensors"):
+    with pytest.raises(zmlx_rs.CheckpointError, match=r"model\.safetensors"):
         inspect(tmp_path)
 
 
@@ -110,7 +109,7 @@ def test_missing_shard_and_missing_tensor_are_named(tmp_path):
         }
     }
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(zmlx_rs.CheckpointError, match="model-00002-of-00002.safetensors"):
+    with pytest.raises(zmlx_rs.CheckpointError, match=r"model-00002-of-00002\.safetensors"):
         inspect(tmp_path)
     index["weight_map"]["b"] = "model-00001-of-00002.safetensors"
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
@@ -121,7 +120,7 @@ def test_missing_shard_and_missing_tensor_are_named(tmp_path):
 def test_missing_folder_and_empty_folder(tmp_path):
     with pytest.raises(zmlx_rs.CheckpointError, match="nowhere"):
         inspect(tmp_path / "nowhere")
-    with pytest.raises(zmlx_rs.CheckpointError, match="no .safetensors"):
+    with pytest.raises(zmlx_rs.CheckpointError, match=r"no \.safetensors"):
         inspect(tmp_path)
     assert issubclass(zmlx_rs.CheckpointError, zmlx_rs.ZmlxError)
     assert zmlx_rs.errors.CheckpointError is zmlx_rs.CheckpointError

@@ -7,11 +7,10 @@ import copy
 import random
 
 import pytest
+import zmlx_rs
 from mlx_lm.tokenizer_utils import StreamingDetokenizer as MlxStreamingDetokenizer
 from mlx_lm.tokenizer_utils import load as load_tokenizer
 from tokenizer_fixtures import CORPUS, TOKENIZERS, write_tokenizer
-
-import zmlx_rs
 from zmlx_rs.detok import StreamingDetokenizer, detokenizer_for
 
 NAMES = sorted(TOKENIZERS)

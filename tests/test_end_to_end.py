@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import mlx_lm
 import pytest
+import zmlx_rs
 from mlx.utils import tree_flatten
 from mlx_lm.generate import stream_generate
 from model_fixtures import write_model
-
-import zmlx_rs
 from zmlx_rs.checkpoint import inspect
 
 MODELS = ["llama", "qwen3", "qwen3_moe"]
