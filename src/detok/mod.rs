@@ -163,7 +163,7 @@ impl Detokenizer {
             s.push_str(tail);
             s
         } else {
-            match &self.state {
+            match &mut self.state {
                 State::Naive(line) => line
                     .current_from_char(self.offset - self.committed_chars)
                     .to_string(),

@@ -30,6 +30,8 @@ pub(super) struct NaiveLine {
     split_scanned: usize,
     /// Length of the line text that no longer changes, in (bytes, chars).
     fixed: (usize, usize),
+    /// A (chars, bytes) position inside the fixed text, where the last segment started.
+    segment_hint: (usize, usize),
     /// mlx-lm's `_current_text`: the line text with a trailing incomplete character (or a
     /// trailing space, with `_clean_spaces`) trimmed; a prefix of the line text.
     current_end: usize,
@@ -89,18 +91,24 @@ impl NaiveLine {
         self.current_chars
     }
 
-    /// `current()[chars..]`, or "" past its end.
-    pub(super) fn current_from_char(&self, chars: usize) -> &str {
-        let current = self.current();
-        let (from_byte, from_char) = if chars >= self.fixed.1 && self.current_end >= self.fixed.0 {
-            self.fixed
-        } else {
-            (0, 0)
-        };
-        match current[from_byte..].char_indices().nth(chars - from_char) {
-            Some((i, _)) => &current[from_byte + i..],
-            None => "",
+    /// `current()[chars..]`, or "" past its end. Walks from the nearest known position at or
+    /// before `chars`, so reading segments along a long line stays linear overall.
+    pub(super) fn current_from_char(&mut self, chars: usize) -> &str {
+        let mut from = (0, 0);
+        for known in [self.segment_hint, (self.fixed.1, self.fixed.0)] {
+            if known.0 <= chars && known.1 <= self.current_end && known.0 >= from.0 {
+                from = known;
+            }
         }
+        let current = &self.text()[..self.current_end];
+        let Some((i, _)) = current[from.1..].char_indices().nth(chars - from.0) else {
+            return "";
+        };
+        let byte = from.1 + i;
+        if byte <= self.fixed.0 {
+            self.segment_hint = (chars, byte);
+        }
+        &self.text()[byte..self.current_end]
     }
 
     /// The whole line's `tokenizer.decode`, as mlx-lm's `finalize` appends it.
@@ -157,10 +165,11 @@ impl NaiveLine {
         } else {
             text.len()
         };
+        // Trimming only drops a short suffix, which may reach back into the fixed text.
         self.current_chars = if self.current_end >= self.fixed.0 {
             self.fixed.1 + text[self.fixed.0..self.current_end].chars().count()
         } else {
-            text[..self.current_end].chars().count()
+            self.fixed.1 - text[self.current_end..self.fixed.0].chars().count()
         };
     }
 
