@@ -19,7 +19,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # the trained tokenizer fixtures
 from mlx_lm.tokenizer_utils import NaiveStreamingDetokenizer  # noqa: E402
 from mlx_lm.tokenizer_utils import load as load_tokenizer  # noqa: E402
 from tokenizer_fixtures import CORPUS, TOKENIZERS, write_tokenizer  # noqa: E402
-
 from zmlx_rs.detok import detokenizer_for  # noqa: E402
 
 LENGTHS = (1024, 4096, 16384)

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
-
 from zmlx_rs.checkpoint import inspect
 
 ROOT = Path(__file__).resolve().parents[1]
