@@ -29,6 +29,8 @@ wheel:
 
 bench: dev
 	$(PYTHON) benchmarks/kernels.py
+	$(PYTHON) benchmarks/detok.py
+	$(PYTHON) benchmarks/inspect_checkpoint.py
 
 demo: dev
 	$(PYTHON) -m zmlx_rs demo
