@@ -50,34 +50,22 @@ pub struct CheckpointInfo {
 /// Describes the checkpoint at `path`: a folder (with `model.safetensors`, or an index json
 /// and its shards, or `model*.safetensors`) or a single `.safetensors` file.
 pub fn inspect(path: &Path) -> Result<CheckpointInfo> {
-    let (folder, shards) = shard_files(path)?;
-    let mut tensors = Vec::new();
-    let mut owner: HashMap<String, String> = HashMap::new();
-    for shard in &shards {
-        let file = folder.join(shard);
-        let metadata = read_header(&file)?;
-        for name in metadata.offset_keys() {
-            let info = metadata
-                .info(&name)
-                .expect("offset_keys lists names of this header");
-            if let Some(other) = owner.insert(name.clone(), shard.clone()) {
-                return Err(Error::checkpoint(
-                    &file,
-                    format!("tensor '{name}' is also in '{other}'"),
-                ));
-            }
-            let (start, end) = info.data_offsets;
-            tensors.push(Tensor {
-                name,
-                dtype: format!("{:?}", info.dtype),
-                shape: info.shape.clone(),
-                nbytes: (end - start) as u64,
-                shard: shard.clone(),
-            });
-        }
+    let Shards {
+        folder,
+        files,
+        weight_map,
+    } = shard_files(path)?;
+    let mut tensors = read_tensors(&folder, &files)?;
+    tensors.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    if let Some(pair) = tensors.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(Error::checkpoint(
+            &folder.join(&pair[1].shard),
+            format!("tensor '{}' is also in '{}'", pair[1].name, pair[0].shard),
+        ));
     }
-    check_index(&folder, &owner)?;
-    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(weight_map) = weight_map {
+        check_index(&folder, &weight_map, &tensors)?;
+    }
     let config = read_config(&folder)?;
     let quantization = quantization(&config, &tensors);
     Ok(CheckpointInfo {
@@ -89,23 +77,72 @@ pub fn inspect(path: &Path) -> Result<CheckpointInfo> {
     })
 }
 
+/// Where the tensors are: the folder, its shard file names (sorted), and the index's
+/// tensor-to-shard map when there is an index.
+struct Shards {
+    folder: PathBuf,
+    files: Vec<String>,
+    weight_map: Option<BTreeMap<String, String>>,
+}
+
+/// Every shard's tensors, from headers read in parallel: large checkpoints have many shards
+/// with megabytes of header JSON between them.
+fn read_tensors(folder: &Path, files: &[String]) -> Result<Vec<Tensor>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || shard_tensors(folder, part)))
+            .collect();
+        let mut tensors = Vec::new();
+        for worker in workers {
+            tensors.extend(worker.join().expect("reading headers does not panic")?);
+        }
+        Ok(tensors)
+    })
+}
+
+fn shard_tensors(folder: &Path, shards: &[String]) -> Result<Vec<Tensor>> {
+    let mut tensors = Vec::new();
+    for shard in shards {
+        let metadata = read_header(&folder.join(shard))?;
+        tensors.extend(metadata.tensors().into_iter().map(|(name, info)| {
+            let (start, end) = info.data_offsets;
+            Tensor {
+                name,
+                dtype: format!("{:?}", info.dtype),
+                shape: info.shape.clone(),
+                nbytes: (end - start) as u64,
+                shard: shard.clone(),
+            }
+        }));
+    }
+    Ok(tensors)
+}
+
 /// The checkpoint folder and the shard file names in it, sorted.
-fn shard_files(path: &Path) -> Result<(PathBuf, Vec<String>)> {
+fn shard_files(path: &Path) -> Result<Shards> {
     if path.is_file() {
         let folder = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        return Ok((folder, vec![name]));
+        return Ok(Shards {
+            folder,
+            files: vec![name],
+            weight_map: None,
+        });
     }
     if !path.is_dir() {
         return Err(Error::checkpoint(path, "no such file or folder"));
     }
     let index = path.join(INDEX_FILE);
     if index.is_file() {
-        let shards: BTreeSet<String> = read_weight_map(&index)?.into_values().collect();
-        for shard in &shards {
+        let weight_map = read_weight_map(&index)?;
+        let files: BTreeSet<&String> = weight_map.values().collect();
+        for shard in &files {
             if !path.join(shard).is_file() {
                 return Err(Error::checkpoint(
                     &path.join(shard),
@@ -113,7 +150,11 @@ fn shard_files(path: &Path) -> Result<(PathBuf, Vec<String>)> {
                 ));
             }
         }
-        return Ok((path.to_path_buf(), shards.into_iter().collect()));
+        return Ok(Shards {
+            folder: path.to_path_buf(),
+            files: files.into_iter().cloned().collect(),
+            weight_map: Some(weight_map),
+        });
     }
     let entries = std::fs::read_dir(path).map_err(|e| Error::checkpoint(path, e))?;
     let mut all = Vec::new();
@@ -128,22 +169,26 @@ fn shard_files(path: &Path) -> Result<(PathBuf, Vec<String>)> {
         }
     }
     // mlx_lm.load reads `model*.safetensors`; other safetensors files (adapters) are not the model.
-    let mut shards: Vec<String> = all
+    let mut files: Vec<String> = all
         .iter()
         .filter(|n| n.starts_with("model"))
         .cloned()
         .collect();
-    if shards.is_empty() {
-        shards = all;
+    if files.is_empty() {
+        files = all;
     }
-    if shards.is_empty() {
+    if files.is_empty() {
         return Err(Error::checkpoint(
             path,
             "no .safetensors files in this folder",
         ));
     }
-    shards.sort();
-    Ok((path.to_path_buf(), shards))
+    files.sort();
+    Ok(Shards {
+        folder: path.to_path_buf(),
+        files,
+        weight_map: None,
+    })
 }
 
 fn read_json(file: &Path) -> Result<Value> {
@@ -169,16 +214,21 @@ fn read_weight_map(index: &Path) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-/// Every tensor the index names must be in the shard it names.
-fn check_index(folder: &Path, owner: &HashMap<String, String>) -> Result<()> {
-    let index = folder.join(INDEX_FILE);
-    if !index.is_file() {
-        return Ok(());
-    }
-    for (name, shard) in read_weight_map(&index)? {
-        if owner.get(&name) != Some(&shard) {
+/// Every tensor the index names must be in the shard it names (`tensors` sorted by name).
+fn check_index(
+    folder: &Path,
+    weight_map: &BTreeMap<String, String>,
+    tensors: &[Tensor],
+) -> Result<()> {
+    let mut found = tensors.iter().peekable();
+    for (name, shard) in weight_map {
+        while found.next_if(|t| t.name < *name).is_some() {}
+        if !found
+            .peek()
+            .is_some_and(|t| t.name == *name && t.shard == *shard)
+        {
             return Err(Error::checkpoint(
-                &folder.join(&shard),
+                &folder.join(shard),
                 format!("has no tensor '{name}', which {INDEX_FILE} places there"),
             ));
         }
@@ -371,14 +421,16 @@ fn n_experts(config: &Value, tensors: &[Tensor]) -> Option<u64> {
 fn fingerprint(tensors: &[Tensor]) -> String {
     let mut hash = Sha256::new();
     for t in tensors {
-        let shape: Vec<String> = t.shape.iter().map(usize::to_string).collect();
-        hash.update(format!(
-            "{}\t{}\t{}\t{}\n",
-            t.name,
-            t.dtype,
-            shape.join(","),
-            t.nbytes
-        ));
+        hash.update(t.name.as_bytes());
+        hash.update(b"\t");
+        hash.update(t.dtype.as_bytes());
+        hash.update(b"\t");
+        for d in &t.shape {
+            hash.update(d.to_le_bytes());
+        }
+        hash.update(b"\t");
+        hash.update(t.nbytes.to_le_bytes());
+        hash.update(b"\n");
     }
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -36,7 +36,8 @@ fn segments(d: &mut Detokenizer, ids: &[u32]) -> Vec<String> {
     out
 }
 
-const BYTE_LEVEL: &str = r#"{"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}"#;
+const BYTE_LEVEL: &str =
+    r#"{"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}"#;
 
 #[test]
 fn bpe_holds_incomplete_characters_and_trims_the_first_space() {
@@ -54,14 +55,19 @@ fn spm_replaces_metaspace_and_decodes_byte_tokens() {
     let vocab = ["<unk>", "\u{2581}a", "<0xE4>", "<0xB8>", "<0xAD>", "b"];
     let decoder = r#"{"type": "Fuse"}"#;
     let mut d = detokenizer(&vocab, decoder, Kind::Spm { trim_space: true });
-    assert_eq!(segments(&mut d, &[1, 2, 3, 4, 5]), ["a", "", "", "中", "b", ""]);
+    assert_eq!(
+        segments(&mut d, &[1, 2, 3, 4, 5]),
+        ["a", "", "", "中", "b", ""]
+    );
     let mut d = detokenizer(&vocab, decoder, Kind::Spm { trim_space: false });
     assert_eq!(segments(&mut d, &[1, 5]), [" a", "b", ""]);
 }
 
 #[test]
 fn naive_matches_whole_line_decoding_with_clean_up() {
-    let vocab = ["[UNK]", "don", "##'", "##t", "stop", ",", ".", "'", "s", "n't", "\n", "go"];
+    let vocab = [
+        "[UNK]", "don", "##'", "##t", "stop", ",", ".", "'", "s", "n't", "\n", "go",
+    ];
     let decoder = r###"{"type": "WordPiece", "prefix": "##", "cleanup": false}"###;
     let kind = Kind::Naive {
         trim_trailing_space: true,
@@ -71,7 +77,9 @@ fn naive_matches_whole_line_decoding_with_clean_up() {
     let mut seed = 7u64;
     let ids: Vec<u32> = (0..400)
         .map(|_| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((seed >> 33) % vocab.len() as u64) as u32
         })
         .collect();
@@ -110,6 +118,8 @@ fn reset_and_offset_follow_mlx_lm() {
     assert_eq!(d.last_segment(), "there");
     assert_eq!(d.offset(), 8);
     d.reset();
-    assert_eq!((d.text(), d.tokens().len(), d.offset()), (String::new(), 0, 0));
+    assert_eq!(
+        (d.text(), d.tokens().len(), d.offset()),
+        (String::new(), 0, 0)
+    );
 }
-
