@@ -7,3 +7,4 @@ pub mod detok;
 pub mod error;
 pub mod kernels;
 mod py;
+pub mod stats;

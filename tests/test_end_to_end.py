@@ -80,3 +80,15 @@ def test_quantized_checkpoint_loads_streams_and_inspects(tmp_path):
     patch_model(model, tokenizer)
     texts, tokens = generate(model, tokenizer, max_tokens=16)
     assert texts == mlx_lm_segments(tokenizer, tokens)
+
+
+def test_smart_patch_keys_its_cache_by_the_checkpoint_fingerprint(tmp_path):
+    from zmlx_rs.smart import _fingerprint
+
+    a = write_model("qwen3", tmp_path / "a")
+    b = write_model("qwen3", tmp_path / "b", quantize={"bits": 4, "group_size": 32})
+    model, _ = mlx_lm.load(str(a))
+    key = _fingerprint(model, a)
+    assert key["checkpoint"] == inspect(a).fingerprint
+    assert "parameters" not in key
+    assert _fingerprint(model, b)["checkpoint"] != key["checkpoint"]

@@ -4,9 +4,11 @@ import os
 from typing import final
 
 __all__ = [
+    "MIN_ROUNDS",
     "BackendError",
     "CheckpointError",
     "CheckpointInfo",
+    "Comparison",
     "DTypeError",
     "KernelSpec",
     "Launch",
@@ -16,10 +18,14 @@ __all__ = [
     "TensorInfo",
     "ZmlxError",
     "__version__",
+    "bootstrap_median_ci",
     "check_dropout_p",
+    "compare_rounds",
     "inspect_checkpoint",
+    "keep",
     "kernel_names",
     "kernel_spec",
+    "median",
     "plan_dropout",
     "plan_gather_add",
     "plan_glu",
@@ -27,9 +33,11 @@ __all__ = [
     "plan_glu_packed",
     "plan_glu_packed_backward",
     "plan_moe_gating",
+    "settled",
 ]
 
 __version__: str
+MIN_ROUNDS: int
 
 class ZmlxError(ValueError): ...
 class ShapeError(ZmlxError): ...
@@ -177,3 +185,36 @@ class CheckpointInfo:
     def fingerprint(self) -> str: ...
 
 def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo: ...
+
+@final
+class Comparison:
+    """Paired A/B rounds of one candidate against the baseline, judged by the decision rule."""
+
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def median_ratio(self) -> float: ...
+    @property
+    def ci_low(self) -> float: ...
+    @property
+    def ci_high(self) -> float: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def verdict(self) -> str: ...
+
+def median(values: list[float]) -> float: ...
+def bootstrap_median_ci(
+    values: list[float], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]: ...
+def compare_rounds(
+    candidate: list[float],
+    baseline: list[float],
+    *,
+    min_gain: float,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Comparison: ...
+def keep(comparisons: list[Comparison]) -> bool: ...
+def settled(comparisons: list[Comparison]) -> bool: ...

@@ -62,7 +62,7 @@ def _dtype_name(a: Any, arg: str, op: str) -> str:
 class _Launch:
     """A native Launch converted once into the arguments `cuda_kernel` objects take."""
 
-    __slots__ = ("grid", "output_dtypes", "output_shapes", "template", "threadgroup")
+    __slots__ = ("empty", "grid", "output_dtypes", "output_shapes", "template", "threadgroup")
 
     def __init__(self, launch: _native.Launch) -> None:
         self.template = [(n, _DTYPES[v] if isinstance(v, str) else v) for n, v in launch.template]
@@ -70,6 +70,8 @@ class _Launch:
         self.threadgroup = launch.threadgroup
         self.output_shapes = [tuple(s) for s in launch.output_shapes]
         self.output_dtypes = [_DTYPES[d] for d in launch.output_dtypes]
+        # Empty arrays: CUDA cannot launch zero blocks, and there is nothing to compute.
+        self.empty = launch.grid[0] == 0
 
 
 class _Kernel:
@@ -95,6 +97,9 @@ class _Kernel:
         return got
 
     def __call__(self, inputs: Sequence[mx.array], launch: _Launch) -> list[mx.array]:
+        if launch.empty:
+            shapes, dtypes = launch.output_shapes, launch.output_dtypes
+            return [mx.zeros(s, d) for s, d in zip(shapes, dtypes, strict=True)]
         fn = self._fn
         if fn is None:
             spec = _native.kernel_spec(self.name)
@@ -166,20 +171,31 @@ def _make_glu(act: str) -> Callable[[mx.array, mx.array, _Launch], mx.array]:
 _GLU_FUSED = {a: _make_glu(a) for a in ("silu", "gelu", "gelu_approx")}
 
 
-def swiglu(gate: mx.array, up: mx.array) -> mx.array:
-    """`silu(gate) * up` in fp32, returned in the inputs' dtype (gate and up must agree)."""
+def swiglu(gate: mx.array, up: mx.array, *, differentiable: bool = True) -> mx.array:
+    """`silu(gate) * up` in fp32, returned in the inputs' dtype (gate and up must agree).
+
+    ``differentiable=False`` skips the gradient wrapper: on CUDA that is two fewer graph
+    nodes and ~3 µs less per call, for inference paths that never take gradients.
+    """
     launch = _glu_launch("silu", gate, up, "swiglu")
     if _backend.on_cuda():
-        return _GLU_FUSED["silu"](gate, up, launch)
+        if differentiable:
+            return _GLU_FUSED["silu"](gate, up, launch)
+        return _GLU([gate, up], launch)[0]
     return ref.swiglu(gate, up)
 
 
-def geglu(gate: mx.array, up: mx.array, approximate: bool = False) -> mx.array:
-    """`gelu(gate) * up`; `approximate=True` uses the tanh form (`nn.gelu_approx`)."""
+def geglu(
+    gate: mx.array, up: mx.array, approximate: bool = False, *, differentiable: bool = True
+) -> mx.array:
+    """`gelu(gate) * up`; `approximate=True` uses the tanh form (`nn.gelu_approx`).
+    ``differentiable`` as in :func:`swiglu`."""
     act = "gelu_approx" if approximate else "gelu"
     launch = _glu_launch(act, gate, up, "geglu")
     if _backend.on_cuda():
-        return _GLU_FUSED[act](gate, up, launch)
+        if differentiable:
+            return _GLU_FUSED[act](gate, up, launch)
+        return _GLU([gate, up], launch)[0]
     return ref.geglu(gate, up, approximate)
 
 
@@ -218,20 +234,28 @@ def _make_glu_packed(act: str) -> Callable[[mx.array, _Launch], mx.array]:
 _GLU_PACKED_FUSED = {a: _make_glu_packed(a) for a in ("silu", "gelu", "gelu_approx")}
 
 
-def swiglu_packed(h: mx.array) -> mx.array:
-    """`silu(gate) * up` for `h = [gate | up]` on the last axis: returns half the width."""
+def swiglu_packed(h: mx.array, *, differentiable: bool = True) -> mx.array:
+    """`silu(gate) * up` for `h = [gate | up]` on the last axis: returns half the width.
+    ``differentiable`` as in :func:`swiglu`."""
     launch = _packed_launch("silu", h, "swiglu_packed")
     if _backend.on_cuda():
-        return _GLU_PACKED_FUSED["silu"](h, launch)
+        if differentiable:
+            return _GLU_PACKED_FUSED["silu"](h, launch)
+        return _GLU_PACKED([h], launch)[0]
     return ref.swiglu_packed(h)
 
 
-def geglu_packed(h: mx.array, approximate: bool = False) -> mx.array:
-    """`gelu(gate) * up` for `h = [gate | up]` on the last axis: returns half the width."""
+def geglu_packed(
+    h: mx.array, approximate: bool = False, *, differentiable: bool = True
+) -> mx.array:
+    """`gelu(gate) * up` for `h = [gate | up]` on the last axis: returns half the width.
+    ``differentiable`` as in :func:`swiglu`."""
     act = "gelu_approx" if approximate else "gelu"
     launch = _packed_launch(act, h, "geglu_packed")
     if _backend.on_cuda():
-        return _GLU_PACKED_FUSED[act](h, launch)
+        if differentiable:
+            return _GLU_PACKED_FUSED[act](h, launch)
+        return _GLU_PACKED([h], launch)[0]
     return ref.geglu_packed(h, approximate)
 
 
@@ -280,7 +304,8 @@ def dropout(x: mx.array, p: float, *, key: mx.array | None = None) -> mx.array:
     if not _backend.on_cuda():
         return ref.dropout(x, float(p), key)
     if key is None:
-        key = mx.random.bits((2,))
+        # A fresh Philox key from MLX's global random state (31 random bits per word).
+        key = mx.random.randint(0, 2**31 - 1, (2,), dtype=mx.uint32)
     return _dropout_fused(x, key, float(p))
 
 
@@ -354,6 +379,7 @@ def moe_gating(
     norm_topk: bool = True,
     bias: mx.array | None = None,
     scale: float = 1.0,
+    differentiable: bool = True,
 ) -> tuple[mx.array, mx.array]:
     """Router logits (..., n_experts) -> (scores, indices), each (..., k), in one kernel.
 
@@ -366,10 +392,17 @@ def moe_gating(
       deepseek_v3 with n_group == 1). Scores are float32 in this mode.
 
     Every mode multiplies scores by ``scale``. Indices are uint32, ordered by descending
-    selection score, ties to the lower expert index. Scores are differentiable in logits.
+    selection score, ties to the lower expert index. Scores are differentiable in logits
+    unless ``differentiable=False`` (see :func:`swiglu`).
     """
     launch = _gating_launch(logits, k, mode, norm_topk, bias, scale)
     if _backend.on_cuda():
+        if not differentiable:
+            if bias is None:
+                scores, indices = _GATING([logits], launch)
+            else:
+                scores, indices = _GATING_BIASED([logits, bias], launch)
+            return scores, indices
         scores, indices = _gating_fused(logits, bias, k, mode, norm_topk, scale, launch)
         return scores, mx.stop_gradient(indices)
     return ref.moe_gating(logits, k, mode=mode, norm_topk=norm_topk, bias=bias, scale=scale)
@@ -406,10 +439,13 @@ def _gather_add_vjp(primals, cotangent, output):
     return d_y, d_scores, None
 
 
-def gather_add(y: mx.array, scores: mx.array) -> mx.array:
+def gather_add(y: mx.array, scores: mx.array, *, differentiable: bool = True) -> mx.array:
     """MoE combine: ``out[..., h] = sum_k y[..., k, h] * scores[..., k]``, fp32 accumulation,
-    in y's dtype. ``scores`` has y's shape without the last axis."""
+    in y's dtype. ``scores`` has y's shape without the last axis. ``differentiable`` as in
+    :func:`swiglu`."""
     launch = _gather_add_launch(y, scores)
     if _backend.on_cuda():
-        return _gather_add_fused(y, scores, launch)
+        if differentiable:
+            return _gather_add_fused(y, scores, launch)
+        return _GATHER_ADD([y, scores], launch)[0]
     return ref.gather_add(y, scores)

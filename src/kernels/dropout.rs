@@ -2,8 +2,8 @@
 //! backward pass is the same kernel applied to the cotangent.
 
 use super::{
-    linear_grid, numel, require_float, require_rank, require_size, DType, KernelSource, Launch,
-    TemplateArg,
+    exact_grid, flat_width, numel, require_float, require_rank, require_size, DType, KernelSource,
+    Launch, TemplateArg, PHILOX,
 };
 use crate::error::{shape_str, Error, Result};
 
@@ -11,13 +11,11 @@ pub static DROPOUT: KernelSource = KernelSource {
     name: "zmlx_dropout",
     inputs: &["x", "key"],
     outputs: &["out"],
-    numel_of: "x",
+    helpers: &[PHILOX],
     body: include_str!("cuda/dropout.cu"),
 };
 
 const OP: &str = "dropout";
-/// Elements per thread: one Philox draw gives four words.
-const PER_THREAD: usize = 4;
 
 /// Checks the drop probability; `Ok(true)` when it is 0 and dropout is the identity.
 pub fn check_p(p: f64) -> Result<bool> {
@@ -49,11 +47,15 @@ pub fn plan(x: &[usize], dtype: DType, p: f64, key: &[usize], key_dtype: DType) 
         ));
     }
     let p_bits = (p as f32).to_bits() as i32;
-    let (grid, threadgroup) = linear_grid(numel(x).div_ceil(PER_THREAD), 256);
+    // One 16-byte vector per thread (4 or 8 elements: one or two Philox draws).
+    let n = numel(x);
+    let v = flat_width(n, dtype);
+    let (grid, threadgroup) = exact_grid(n / v, 1, 256);
     Ok(Launch {
         kernel: &DROPOUT,
         template: vec![
             ("T", TemplateArg::DType(dtype)),
+            ("V", TemplateArg::Int(v as i32)),
             ("P_BITS", TemplateArg::Int(p_bits)),
         ],
         grid,
@@ -84,7 +86,7 @@ mod tests {
         let e = plan(&[4], DType::F32, 0.5, &[3], DType::U32).unwrap_err();
         assert!(matches!(e, Error::Shape { arg: "key", .. }));
         let l = plan(&[4, 9], DType::BF16, 0.25, &[2], DType::U32).unwrap();
-        assert_eq!(l.grid[0], 9);
+        assert_eq!(l.grid[0], 36); // 36 is no multiple of 8: one element per thread
         assert!(l
             .template
             .contains(&("P_BITS", TemplateArg::Int(0.25f32.to_bits() as i32))));

@@ -2,7 +2,7 @@
 //! fp32 accumulation, instead of a broadcast multiply, a reduction and a cast.
 
 use super::{
-    linear_grid, numel, require_float, require_size, vector_width, DType, KernelSource, Launch,
+    exact_grid, numel, require_float, require_size, vector_width, DType, KernelSource, Launch,
     TemplateArg,
 };
 use crate::error::{shape_str, Error, Result};
@@ -11,7 +11,7 @@ pub static GATHER_ADD: KernelSource = KernelSource {
     name: "zmlx_gather_add",
     inputs: &["y", "scores"],
     outputs: &["out"],
-    numel_of: "scores",
+    helpers: &[],
     body: include_str!("cuda/gather_add.cu"),
 };
 
@@ -57,7 +57,7 @@ pub fn plan(y: &[usize], y_dtype: DType, scores: &[usize], scores_dtype: DType) 
     } else {
         1
     };
-    let (grid, threadgroup) = linear_grid(rows * (hidden / v), 256);
+    let (grid, threadgroup) = exact_grid(rows * (hidden / v), 1, 256);
     let mut out = lead[..lead.len() - 1].to_vec();
     out.push(hidden);
     Ok(Launch {

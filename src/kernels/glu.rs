@@ -2,8 +2,8 @@
 //! on separate gate/up arrays or on one packed `[gate | up]` array, with their gradients.
 
 use super::{
-    linear_grid, numel, require_float, require_rank, require_size, vector_width, DType,
-    KernelSource, Launch, TemplateArg,
+    exact_grid, flat_width, numel, require_float, require_rank, require_size, vector_width, DType,
+    KernelSource, Launch, TemplateArg, ACTIVATIONS,
 };
 use crate::error::{shape_str, Error, Result};
 
@@ -11,7 +11,7 @@ pub static GLU: KernelSource = KernelSource {
     name: "zmlx_glu",
     inputs: &["gate", "up"],
     outputs: &["out"],
-    numel_of: "gate",
+    helpers: &[ACTIVATIONS],
     body: include_str!("cuda/glu.cu"),
 };
 
@@ -19,7 +19,7 @@ pub static GLU_PACKED: KernelSource = KernelSource {
     name: "zmlx_glu_packed",
     inputs: &["h"],
     outputs: &["out"],
-    numel_of: "h",
+    helpers: &[ACTIVATIONS],
     body: include_str!("cuda/glu_packed.cu"),
 };
 
@@ -27,7 +27,7 @@ pub static GLU_BACKWARD: KernelSource = KernelSource {
     name: "zmlx_glu_backward",
     inputs: &["gate", "up", "cotan"],
     outputs: &["d_gate", "d_up"],
-    numel_of: "gate",
+    helpers: &[ACTIVATIONS],
     body: include_str!("cuda/glu_backward.cu"),
 };
 
@@ -35,11 +35,11 @@ pub static GLU_PACKED_BACKWARD: KernelSource = KernelSource {
     name: "zmlx_glu_packed_backward",
     inputs: &["h", "cotan"],
     outputs: &["d_h"],
-    numel_of: "h",
+    helpers: &[ACTIVATIONS],
     body: include_str!("cuda/glu_packed_backward.cu"),
 };
 
-const BLOCK: u32 = 256;
+const BLOCK: usize = 256;
 /// MLX passes at most this many dimensions to a kernel.
 pub(crate) const MAX_NDIM: usize = 10;
 
@@ -140,17 +140,30 @@ fn packed_half(op: &'static str, shape: &[usize]) -> Result<usize> {
     Ok(last / 2)
 }
 
-fn elementwise_grid(n: usize, dtype: DType) -> ([u32; 3], [u32; 3]) {
-    linear_grid(n.div_ceil(vector_width(dtype)), BLOCK)
+/// Flat kernels take V (elements per thread) as a template argument.
+fn elementwise(
+    n: usize,
+    dtype: DType,
+    act: Activation,
+) -> (Vec<(&'static str, TemplateArg)>, [u32; 3], [u32; 3]) {
+    let v = flat_width(n, dtype);
+    let (grid, threadgroup) = exact_grid(n / v, 1, BLOCK);
+    let template = vec![
+        ("T", TemplateArg::DType(dtype)),
+        ("V", TemplateArg::Int(v as i32)),
+        ("ACT", TemplateArg::Int(act.code())),
+    ];
+    (template, grid, threadgroup)
 }
 
+/// Packed kernels derive V from H in the body (whole vectors per row half).
 fn packed_grid(rows: usize, half: usize, dtype: DType) -> ([u32; 3], [u32; 3]) {
     let v = if half % vector_width(dtype) == 0 {
         vector_width(dtype)
     } else {
         1
     };
-    linear_grid(rows * (half / v), BLOCK)
+    exact_grid(rows * (half / v), 1, BLOCK)
 }
 
 fn packed_template(
@@ -178,13 +191,10 @@ pub fn plan(
     let op = act.op(false);
     check_array(op, "gate", gate, gate_dtype)?;
     check_same(op, "up", "gate", up, up_dtype, gate, gate_dtype)?;
-    let (grid, threadgroup) = elementwise_grid(numel(gate), gate_dtype);
+    let (template, grid, threadgroup) = elementwise(numel(gate), gate_dtype, act);
     Ok(Launch {
         kernel: &GLU,
-        template: vec![
-            ("T", TemplateArg::DType(gate_dtype)),
-            ("ACT", TemplateArg::Int(act.code())),
-        ],
+        template,
         grid,
         threadgroup,
         output_shapes: vec![gate.to_vec()],
@@ -222,13 +232,10 @@ pub fn plan_backward(
     let op = act.op(false);
     check_array(op, "gate", gate, dtype)?;
     check_same(op, "cotangent", "gate", cotan, cotan_dtype, gate, dtype)?;
-    let (grid, threadgroup) = elementwise_grid(numel(gate), dtype);
+    let (template, grid, threadgroup) = elementwise(numel(gate), dtype, act);
     Ok(Launch {
         kernel: &GLU_BACKWARD,
-        template: vec![
-            ("T", TemplateArg::DType(dtype)),
-            ("ACT", TemplateArg::Int(act.code())),
-        ],
+        template,
         grid,
         threadgroup,
         output_shapes: vec![gate.to_vec(), gate.to_vec()],
@@ -284,9 +291,19 @@ mod tests {
             DType::BF16,
         )
         .unwrap();
-        assert_eq!(l.grid[0] as usize * 8, 3 * 1001 + 5); // ceil(3003 / 8) vectors of 8
+        assert_eq!(l.grid[0], 3003); // not a multiple of 8: one element per thread
+        assert!(l.template.contains(&("V", TemplateArg::Int(1))));
         assert_eq!(l.output_shapes, vec![vec![3, 1001]]);
-        assert_eq!(l.threadgroup, [256, 1, 1]);
+        let l = plan(
+            Activation::Silu,
+            &[4, 768],
+            DType::BF16,
+            &[4, 768],
+            DType::BF16,
+        )
+        .unwrap();
+        assert_eq!((l.grid[0], l.threadgroup[0]), (384, 192));
+        assert!(l.template.contains(&("V", TemplateArg::Int(8))));
     }
 
     #[test]

@@ -11,8 +11,14 @@ pub mod moe_gating;
 use crate::error::{Error, Result};
 use std::fmt;
 
-/// Device helpers shared by every kernel: float conversion and vector access.
-pub const COMMON_HEADER: &str = include_str!("cuda/common.cuh");
+/// Device helpers every kernel includes: float conversion, vector access.
+pub const BASE: &str = include_str!("cuda/base.cuh");
+/// Gated-MLP activations and their derivatives.
+pub const ACTIVATIONS: &str = include_str!("cuda/activations.cuh");
+/// Warp-wide reductions.
+pub const WARP: &str = include_str!("cuda/warp.cuh");
+/// The Philox4x32-10 counter-based generator.
+pub const PHILOX: &str = include_str!("cuda/philox.cuh");
 
 /// Element types the kernels see. Names follow `mlx.core.Dtype` (`float32`, `bfloat16`...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,27 +108,49 @@ pub enum TemplateArg {
     DType(DType),
 }
 
-/// One kernel of the catalog: the body MLX wraps in a generated signature, and the names of
-/// its parameters. `numel_of` names the input whose element count the body reads as `numel`.
+/// One kernel of the catalog: the body MLX wraps in a generated signature, the helper
+/// headers it needs (after [`BASE`]), and the names of its parameters.
+///
+/// Every launch covers its work exactly (see [`exact_grid`]), so no body reads an element
+/// count: MLX would otherwise pass shape arrays as arguments on every call.
 #[derive(Debug)]
 pub struct KernelSource {
     pub name: &'static str,
     pub inputs: &'static [&'static str],
     pub outputs: &'static [&'static str],
-    pub numel_of: &'static str,
+    pub helpers: &'static [&'static str],
     pub body: &'static str,
 }
 
 impl KernelSource {
-    /// The body as `mx.fast.cuda_kernel` takes it: a prelude that derives `numel` from the
-    /// shape MLX passes for `numel_of`, then the kernel's own code.
-    pub fn cuda_kernel_body(&self) -> String {
-        let n = self.numel_of;
-        format!(
-            "  const long long numel = zm::numel({n}_shape, {n}_ndim);\n{}",
-            self.body
-        )
+    /// The helper code placed before the kernel, minified: MLX hashes the whole source on
+    /// every evaluation, so every byte here is paid per call.
+    pub fn header(&self) -> String {
+        let mut out = minify(BASE);
+        for h in self.helpers {
+            out.push_str(&minify(h));
+        }
+        out
     }
+
+    /// The body as `mx.fast.cuda_kernel` takes it, minified.
+    pub fn cuda_kernel_body(&self) -> String {
+        minify(self.body)
+    }
+}
+
+/// Drops comments, indentation and blank lines; keeps line structure for the preprocessor.
+/// The sources contain no string literals, so `//` always starts a comment.
+pub fn minify(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    for line in src.lines() {
+        let code = line.split("//").next().unwrap_or("").trim();
+        if !code.is_empty() {
+            out.push_str(code);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Everything the Python layer needs to call one kernel on arrays of one signature.
@@ -191,10 +219,33 @@ pub(crate) fn vector_width(dtype: DType) -> usize {
     16 / dtype.size()
 }
 
-/// A 1-D launch of `threads` threads in blocks of up to `block`.
-pub(crate) fn linear_grid(threads: usize, block: u32) -> ([u32; 3], [u32; 3]) {
-    let threads = threads.max(1) as u32;
-    ([threads, 1, 1], [block.min(threads), 1, 1])
+/// A 1-D launch of exactly `threads` threads (a multiple of `unit`) in equal blocks of at most
+/// `max_block`: the largest multiple of `unit` that divides the thread count. No thread is
+/// spare, so kernels need no bounds check and no element count. Model shapes give full
+/// blocks; odd sizes get smaller ones, still correct.
+pub(crate) fn exact_grid(threads: usize, unit: usize, max_block: usize) -> ([u32; 3], [u32; 3]) {
+    debug_assert!(threads % unit == 0);
+    if threads == 0 {
+        // Empty arrays: nothing to launch (the Python layer returns empty outputs).
+        return ([0, 1, 1], [unit as u32, 1, 1]);
+    }
+    let block = (1..=max_block / unit)
+        .rev()
+        .map(|m| m * unit)
+        .find(|b| threads % b == 0)
+        .unwrap_or(unit);
+    ([threads as u32, 1, 1], [block as u32, 1, 1])
+}
+
+/// Elements per thread for a flat elementwise kernel: a 16-byte vector when the count
+/// allows, else one (the launch must cover the elements exactly).
+pub(crate) fn flat_width(n: usize, dtype: DType) -> usize {
+    let v = vector_width(dtype);
+    if n % v == 0 {
+        v
+    } else {
+        1
+    }
 }
 
 /// Every kernel in the catalog, for compile checks and caches.
@@ -237,7 +288,11 @@ mod tests {
                 "{} twice",
                 k.name
             );
-            assert!(k.inputs.contains(&k.numel_of), "{}", k.name);
+            assert!(
+                !k.body.contains("numel"),
+                "{} reads an element count",
+                k.name
+            );
             for p in k.inputs.iter().chain(k.outputs) {
                 assert!(k.body.contains(p), "{} never uses {p}", k.name);
             }
@@ -245,9 +300,33 @@ mod tests {
     }
 
     #[test]
-    fn grids_never_exceed_the_thread_count() {
-        assert_eq!(linear_grid(10, 256), ([10, 1, 1], [10, 1, 1]));
-        assert_eq!(linear_grid(1000, 256), ([1000, 1, 1], [256, 1, 1]));
-        assert_eq!(linear_grid(0, 256), ([1, 1, 1], [1, 1, 1]));
+    fn minify_keeps_code_and_preprocessor_lines() {
+        let src = "// title\n#include <a.h>\n\n  int x = 1;  // why\n#pragma unroll\n";
+        assert_eq!(minify(src), "#include <a.h>\nint x = 1;\n#pragma unroll\n");
+        for k in catalog() {
+            assert!(
+                k.header().len() + k.cuda_kernel_body().len() < 6000,
+                "{}",
+                k.name
+            );
+        }
+    }
+
+    #[test]
+    fn grids_cover_the_threads_exactly() {
+        assert_eq!(exact_grid(10, 1, 256), ([10, 1, 1], [10, 1, 1]));
+        assert_eq!(exact_grid(1024, 1, 256), ([1024, 1, 1], [256, 1, 1]));
+        assert_eq!(exact_grid(3003, 1, 256), ([3003, 1, 1], [231, 1, 1]));
+        assert_eq!(exact_grid(7, 1, 256), ([7, 1, 1], [7, 1, 1]));
+        assert_eq!(exact_grid(0, 32, 128).0, [0, 1, 1]);
+        assert_eq!(exact_grid(96, 32, 128), ([96, 1, 1], [96, 1, 1]));
+        assert_eq!(exact_grid(160, 32, 128), ([160, 1, 1], [32, 1, 1]));
+        for threads in 1..2000 {
+            let (g, b) = exact_grid(threads, 1, 256);
+            assert_eq!(g[0] % b[0], 0);
+        }
+        assert_eq!(flat_width(16, DType::BF16), 8);
+        assert_eq!(flat_width(12, DType::BF16), 1);
+        assert_eq!(flat_width(12, DType::F32), 4);
     }
 }

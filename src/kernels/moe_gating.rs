@@ -2,8 +2,8 @@
 //! normalisation that mlx-lm spreads over five to eight graph nodes.
 
 use super::{
-    linear_grid, numel, require_float, require_rank, require_size, DType, KernelSource, Launch,
-    TemplateArg,
+    exact_grid, numel, require_float, require_rank, require_size, DType, KernelSource, Launch,
+    TemplateArg, WARP,
 };
 use crate::error::{shape_str, Error, Result};
 
@@ -11,7 +11,7 @@ pub static MOE_GATING: KernelSource = KernelSource {
     name: "zmlx_moe_gating",
     inputs: &["logits"],
     outputs: &["scores", "indices"],
-    numel_of: "logits",
+    helpers: &[WARP],
     body: concat!(
         "  auto bias_at = [](int) { return 0.0f; };\n",
         include_str!("cuda/moe_gating.cu")
@@ -22,7 +22,7 @@ pub static MOE_GATING_BIASED: KernelSource = KernelSource {
     name: "zmlx_moe_gating_biased",
     inputs: &["logits", "bias"],
     outputs: &["scores", "indices"],
-    numel_of: "logits",
+    helpers: &[WARP],
     body: concat!(
         "  auto bias_at = [&](int e) { return zm::to_f(bias[e]); };\n",
         include_str!("cuda/moe_gating.cu")
@@ -33,7 +33,7 @@ const OP: &str = "moe_gating";
 /// Each lane of the warp keeps E / 32 logits in registers.
 pub const MAX_EXPERTS: usize = 512;
 pub const MAX_K: usize = 16;
-const ROWS_PER_BLOCK: u32 = 4;
+const ROWS_PER_BLOCK: usize = 4;
 
 /// How router logits become expert scores (see the module docs of each mlx-lm family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +144,7 @@ pub fn plan(
     } else {
         dtype
     };
-    let (grid, threadgroup) = linear_grid(rows * 32, 32 * ROWS_PER_BLOCK);
+    let (grid, threadgroup) = exact_grid(rows * 32, 32, 32 * ROWS_PER_BLOCK);
     Ok(Launch {
         kernel,
         template: vec![
@@ -186,7 +186,7 @@ mod tests {
             2.5,
         )
         .unwrap();
-        assert_eq!(l.grid[0], 21 * 32);
+        assert_eq!((l.grid[0], l.threadgroup[0]), (21 * 32, 96));
         assert_eq!(l.output_dtypes[0], DType::F32);
         assert_eq!(l.kernel.name, "zmlx_moe_gating_biased");
     }

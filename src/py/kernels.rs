@@ -15,7 +15,7 @@ pub struct KernelSpec {
     #[pyo3(get)]
     output_names: Vec<&'static str>,
     #[pyo3(get)]
-    header: &'static str,
+    header: String,
     #[pyo3(get)]
     source: String,
 }
@@ -100,7 +100,7 @@ fn kernel_spec(name: &str) -> PyResult<KernelSpec> {
         name: k.name,
         input_names: k.inputs.to_vec(),
         output_names: k.outputs.to_vec(),
-        header: kernels::COMMON_HEADER,
+        header: k.header(),
         source: k.cuda_kernel_body(),
     })
 }

@@ -5,6 +5,7 @@ mod checkpoint;
 mod detok;
 mod errors;
 mod kernels;
+mod stats;
 
 use pyo3::prelude::*;
 
@@ -15,6 +16,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kernels::register(m)?;
     detok::register(m)?;
     checkpoint::register(m)?;
+    stats::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,12 +1,9 @@
-  // out[r, h] = sum_k y[r, k, h] * scores[r, k], accumulated in fp32.
+  // out[r, h] = sum_k y[r, k, h] * scores[r, k], accumulated in fp32. One thread per V
+  // outputs of a row; the launch covers rows * H / V threads exactly.
   constexpr int V = (H % (16 / sizeof(T)) == 0) ? 16 / sizeof(T) : 1;
   constexpr int PER_ROW = H / V;
-  const long long rows = numel / K;
   const long long tid = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long row = tid / PER_ROW;
-  if (row >= rows) {
-    return;
-  }
   const int col = static_cast<int>(tid % PER_ROW) * V;
   const T* yr = y + row * K * H + col;
   const S* sr = scores + row * K;

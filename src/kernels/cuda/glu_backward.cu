@@ -1,11 +1,7 @@
-  // d_gate = cotan * up * act'(gate), d_up = cotan * act(gate).
-  constexpr int V = 16 / sizeof(T);
+  // d_gate = cotan * up * act'(gate), d_up = cotan * act(gate), V elements per thread.
   const long long base = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * V;
-  if (base >= numel) {
-    return;
-  }
-  if (base + V <= numel && zm::aligned<V>(gate) && zm::aligned<V>(up) &&
-      zm::aligned<V>(cotan) && zm::aligned<V>(d_gate) && zm::aligned<V>(d_up)) {
+  if (V > 1 && zm::aligned<V>(gate) && zm::aligned<V>(up) && zm::aligned<V>(cotan) &&
+      zm::aligned<V>(d_gate) && zm::aligned<V>(d_up)) {
     const auto g = zm::load<V>(gate + base);
     const auto u = zm::load<V>(up + base);
     const auto c = zm::load<V>(cotan + base);
@@ -20,10 +16,11 @@
     zm::store<V>(d_gate + base, dg);
     zm::store<V>(d_up + base, du);
   } else {
-    for (long long i = base; i < numel && i < base + V; ++i) {
-      const float gf = zm::to_f(gate[i]);
-      const float cf = zm::to_f(cotan[i]);
-      d_gate[i] = zm::from_f<T>(cf * zm::to_f(up[i]) * zm::act_grad<ACT>(gf));
-      d_up[i] = zm::from_f<T>(cf * zm::act<ACT>(gf));
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const float gf = zm::to_f(gate[base + i]);
+      const float cf = zm::to_f(cotan[base + i]);
+      d_gate[base + i] = zm::from_f<T>(cf * zm::to_f(up[base + i]) * zm::act_grad<ACT>(gf));
+      d_up[base + i] = zm::from_f<T>(cf * zm::act<ACT>(gf));
     }
   }

@@ -1,12 +1,8 @@
   // h rows are [gate | up], each H wide; out = act(gate) * up, H wide.
   constexpr int V = (H % (16 / sizeof(T)) == 0) ? 16 / sizeof(T) : 1;
   constexpr int PER_ROW = H / V;
-  const long long rows = numel / (2 * H);
   const long long tid = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const long long row = tid / PER_ROW;
-  if (row >= rows) {
-    return;
-  }
   const int col = static_cast<int>(tid % PER_ROW) * V;
   const T* g = h + row * (2 * H) + col;
   const T* u = g + H;

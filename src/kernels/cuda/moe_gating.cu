@@ -4,15 +4,12 @@
   // MODE 1: top-k on the logits, softmax over the k picked.
   // MODE 2: sigmoid in fp32, top-k on sigmoid + bias, scores from the unbiased sigmoid,
   //         optionally renormalised. Every mode then multiplies by the scale.
-  // Ties go to the lower expert index; NaN logits never win.
+  // Ties go to the lower expert index; NaN logits never win. The launch has exactly one
+  // warp per row.
   constexpr int PER = (E + 31) / 32;
   const float scale = __int_as_float(SCALE_BITS);
-  const long long rows = numel / E;
   const long long row = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
-  if (row >= rows) {
-    return;
-  }
   const T* x = logits + row * E;
   float val[PER];
   float rank[PER];

@@ -1,0 +1,37 @@
+"""The patch patterns, one file each. A pattern is a small object: `name`, `matches(module,
+path)` (OK / a reason to skip / None), `apply` and `revert`; `patch()` walks a model with
+every registered pattern in `ALL` order (outer blocks before the modules inside them)."""
+
+from __future__ import annotations
+
+from zmlx_rs.errors import ZmlxError
+from zmlx_rs.patterns._base import OK, Fused, Pattern
+from zmlx_rs.patterns.attention_qkv import AttentionQKV
+from zmlx_rs.patterns.dense_mlp import DenseMLP
+from zmlx_rs.patterns.moe import MoEBlock, MoEExperts
+
+__all__ = ["ALL", "OK", "Fused", "Pattern", "get", "names", "register"]
+
+ALL: list[Pattern] = [MoEBlock(), MoEExperts(), AttentionQKV(), DenseMLP()]
+
+
+def names() -> list[str]:
+    return [p.name for p in ALL]
+
+
+def get(name: str) -> Pattern:
+    for pattern in ALL:
+        if pattern.name == name:
+            return pattern
+    raise ZmlxError(f"unknown pattern {name!r}: expected one of {names()}")
+
+
+def register(pattern: Pattern, *, before: str | None = None) -> None:
+    """Add a pattern, before the named one if given (else last); one of the same name is
+    replaced in its place."""
+    same = [i for i, p in enumerate(ALL) if p.name == pattern.name]
+    if same and before is None:
+        ALL[same[0]] = pattern
+        return
+    ALL[:] = [p for p in ALL if p.name != pattern.name]
+    ALL.insert(len(ALL) if before is None else ALL.index(get(before)), pattern)

@@ -1,0 +1,166 @@
+"""What every pattern shares: the Pattern interface, the Fused module base that remembers the
+module it replaced, and weight concatenation that replaces (never duplicates) the originals."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.nn.layers.distributed import AllToShardedLinear, QuantizedAllToShardedLinear
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
+
+__all__ = ["OK", "Fused", "Pattern", "fuse_outputs", "linear_mismatch", "unfuse_outputs"]
+
+OK = "ok"
+"""What `Pattern.matches` returns for a module it can patch; any other string is a reason
+to skip it, None means the module is not a candidate at all."""
+
+# Layers computing `x @ W.T (+ b)` whose arrays may be cut along the output axis: stacking two
+# of them along that axis is one layer of the same class (TP all-to-sharded ones included,
+# since each rank's shard is cut the same way).
+DENSE_LINEARS: tuple[type, ...] = (
+    nn.Linear,
+    nn.QuantizedLinear,
+    AllToShardedLinear,
+    QuantizedAllToShardedLinear,
+)
+SWITCH_LINEARS: tuple[type, ...] = (SwitchLinear, QuantizedSwitchLinear)
+# The output axis of each array a linear layer may hold.
+_OUTPUT_AXIS = {"weight": -2, "scales": -2, "biases": -2, "bias": -1}
+_CONFIG_ATTRS = ("group_size", "bits", "mode", "group")
+
+
+class Pattern:
+    """One rewrite: which modules it fits (`matches`), how to swap one in (`apply`) and back
+    (`revert`). The Fused modules `apply` returns carry the pattern's `name`."""
+
+    name: str = ""
+    description: str = ""
+
+    def matches(self, module: nn.Module, path: str) -> str | None:
+        """`OK` if `apply` can patch `module`, a reason if it is a candidate that cannot be
+        patched, None if it is not a candidate."""
+        raise NotImplementedError
+
+    def apply(self, module: nn.Module, path: str) -> Fused:
+        """Build the fused replacement; moves (never copies) the original's weights."""
+        raise NotImplementedError
+
+    def revert(self, fused: Fused) -> nn.Module:
+        """Give back the original module with its original weights, bitwise."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<pattern {self.name}>"
+
+
+class Fused(nn.Module):
+    """Base of every fused module. The replaced module is kept outside the parameter tree
+    (so it is neither trained, saved, nor counted twice) and `pattern` names the rewrite."""
+
+    pattern: str = ""
+
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_original", original)
+        self.note = ""
+
+    @property
+    def original(self) -> nn.Module:
+        return self.__dict__["_original"]
+
+    def holds_stack(self, name: str) -> None:
+        """Child `name` holds weights stacked from the original's layers: `unpatch` cuts
+        them back out, so it must still be the layer that was made here."""
+        self.__dict__.setdefault("_stacks", {})[name] = self[name]
+
+    def revert_blocker(self) -> str | None:
+        """Why this module cannot be reverted, or None."""
+        for name, layer in self.__dict__.get("_stacks", {}).items():
+            if self.get(name) is not layer:
+                return (
+                    f"'{name}' was replaced by a {type(self.get(name)).__name__} after patching "
+                    "(LoRA?): fuse or remove it first"
+                )
+        return None
+
+    def hand_back_children(self, names: Sequence[str]) -> nn.Module:
+        """Put children the fused module shares with the original back on it: they may have
+        been swapped since patching (LoRA, a nested pattern), and that swap must survive."""
+        original = self.original
+        for name in names:
+            if name in self:
+                setattr(original, name, self[name])
+        return original
+
+
+def linear_mismatch(layers: Sequence[nn.Module], kinds: tuple[type, ...]) -> str | None:
+    """Why `layers` cannot be stacked along their output axis, or None if they can."""
+    first = layers[0]
+    if "weight" not in first:
+        return "layer has no weight"
+    if type(first) not in kinds:
+        return f"{type(first).__name__} is not one of {', '.join(k.__name__ for k in kinds)}"
+    for layer in layers[1:]:
+        if type(layer) is not type(first):
+            return f"mixed layer types {type(first).__name__} and {type(layer).__name__}"
+        if set(layer.keys()) != set(first.keys()):
+            return "layers differ in their arrays (bias or quantization)"
+        for attr in _CONFIG_ATTRS:
+            if getattr(layer, attr, None) != getattr(first, attr, None):
+                return f"layers differ in {attr}"
+        for key in first:
+            a, b = first[key], layer[key]
+            if not isinstance(a, mx.array) or a.dtype != b.dtype:
+                return f"'{key}' differs in type or dtype"
+            axis = _OUTPUT_AXIS.get(key)
+            if axis is None:
+                return f"unknown array '{key}'"
+            if _without_axis(a.shape, axis) != _without_axis(b.shape, axis):
+                return f"'{key}' shapes {a.shape} and {b.shape} differ off the output axis"
+    if getattr(first, "global_scale", None) is not None:
+        return "per-matrix global scales (nvfp4) cannot be stacked"
+    return None
+
+
+def _without_axis(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    axis %= len(shape)
+    return shape[:axis] + shape[axis + 1 :]
+
+
+def fuse_outputs(layers: Sequence[nn.Module]) -> tuple[nn.Module, list[int]]:
+    """One layer whose outputs are the `layers`' outputs side by side, and the split widths.
+
+    The stacked arrays are evaluated, then the originals' arrays are dropped from them, so
+    the weights live once. `unfuse_outputs` gives them back.
+    """
+    fused = copy.copy(layers[0])
+    # A shallow copy would share the frozen-set; the fused layer needs its own.
+    object.__setattr__(fused, "_no_grad", set(layers[0]._no_grad))
+    widths = [layer["weight"].shape[-2] for layer in layers]
+    keys = list(layers[0].keys())
+    for key in keys:
+        fused[key] = mx.concatenate([layer[key] for layer in layers], axis=_OUTPUT_AXIS[key])
+    mx.eval([fused[key] for key in keys])
+    for layer in layers:
+        for key in keys:
+            del layer[key]
+    return fused, widths
+
+
+def unfuse_outputs(fused: nn.Module, layers: Sequence[nn.Module], widths: Sequence[int]) -> None:
+    """Give `layers` back their arrays, cut from `fused`: the same bits they had, each in a
+    buffer of its own (`take` copies; a slice could be a view pinning the whole stack) so the
+    stack is freed right here and the layout is the never-patched one."""
+    start = 0
+    keys = list(fused.keys())
+    for layer, width in zip(layers, widths, strict=True):
+        rows = mx.arange(start, start + width)
+        for key in keys:
+            layer[key] = mx.take(fused[key], rows, axis=_OUTPUT_AXIS[key])
+        mx.eval([layer[key] for key in keys])
+        start += width
+    for key in keys:
+        del fused[key]

@@ -1,0 +1,166 @@
+"""Attention q/k/v projections as one projection plus a split.
+
+The fused forward below restates mlx-lm's llama attention forward (with q/k RMS norms: the
+qwen3 one). A class is patched only if its `__call__` is that same code, compared as a
+syntax tree (comments, annotations and the spelling of the head counts aside): llama and
+mistral (mapped to llama), mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma, granite, ...
+Three matmul nodes become one matmul and three slices.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import textwrap
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models import llama, qwen3
+from mlx_lm.models.base import scaled_dot_product_attention
+
+from zmlx_rs.patterns._base import (
+    DENSE_LINEARS,
+    OK,
+    Fused,
+    Pattern,
+    fuse_outputs,
+    linear_mismatch,
+    unfuse_outputs,
+)
+
+__all__ = ["AttentionQKV", "FusedQKVAttention"]
+
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+# Spellings of the head counts (mixtral says num_heads / num_key_value_heads): the same
+# forward under another attribute name.
+_HEAD_ALIASES = {
+    "n_heads": ("n_heads", "num_heads", "num_attention_heads"),
+    "n_kv_heads": ("n_kv_heads", "num_key_value_heads", "num_kv_heads"),
+}
+_CANONICAL = {alias: name for name, aliases in _HEAD_ALIASES.items() for alias in aliases}
+
+
+class _CanonicalHeads(ast.NodeTransformer):
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        node.attr = _CANONICAL.get(node.attr, node.attr)
+        return self.generic_visit(node)
+
+
+def _forward_tree(cls: type) -> str | None:
+    try:
+        func = ast.parse(textwrap.dedent(inspect.getsource(cls.__call__))).body[0]
+    except (OSError, TypeError, SyntaxError):
+        return None
+    if not isinstance(func, ast.FunctionDef):
+        return None
+    func.name, func.returns = "forward", None
+    for arg in func.args.args + func.args.kwonlyargs:
+        arg.annotation = None
+    func.body = [
+        s for s in func.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+    ]
+    return ast.dump(_CanonicalHeads().visit(func), annotate_fields=False)
+
+
+# Reference forward -> whether it RMS-normalises q and k per head.
+_REFERENCE_FORWARDS = {
+    _forward_tree(llama.Attention): False,
+    _forward_tree(qwen3.Attention): True,
+}
+
+
+@functools.cache
+def _qk_norm(cls: type) -> bool | None:
+    """Whether `cls` runs the qwen3 (True) or llama (False) forward; None: neither."""
+    return _REFERENCE_FORWARDS.get(_forward_tree(cls))
+
+
+def _head_count(module: nn.Module, name: str) -> int | None:
+    """The head count under any of its spellings; None if absent or spelled two ways with
+    two values (then which one the forward reads is not known)."""
+    values = {getattr(module, a) for a in _HEAD_ALIASES[name] if hasattr(module, a)}
+    return values.pop() if len(values) == 1 else None
+
+
+class FusedQKVAttention(Fused):
+    """The llama/qwen attention forward with q, k and v from one `qkv_proj`."""
+
+    pattern = "attention_qkv"
+
+    def __init__(self, original: nn.Module, qkv_proj: nn.Module, widths: list[int]) -> None:
+        super().__init__(original)
+        self.qkv_proj = qkv_proj
+        self.holds_stack("qkv_proj")
+        self.o_proj = original.o_proj
+        self.rope = original.rope
+        self.qk_norm = bool(_qk_norm(type(original)))
+        if self.qk_norm:
+            self.q_norm = original.q_norm
+            self.k_norm = original.k_norm
+        self.n_heads = _head_count(original, "n_heads")
+        self.n_kv_heads = _head_count(original, "n_kv_heads")
+        self.scale = original.scale
+        # Plain attributes, not tree leaves: nn.Module would file lists under its parameters.
+        object.__setattr__(self, "widths", tuple(widths))
+        object.__setattr__(self, "split_at", [widths[0], widths[0] + widths[1]])
+        self.note = "q|k|v -> qkv_proj"
+
+    def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+        B, L, _ = x.shape
+        queries, keys, values = mx.split(self.qkv_proj(x), self.split_at, axis=-1)
+        queries = queries.reshape(B, L, self.n_heads, -1)
+        keys = keys.reshape(B, L, self.n_kv_heads, -1)
+        if self.qk_norm:
+            queries = self.q_norm(queries)
+            keys = self.k_norm(keys)
+        queries = queries.transpose(0, 2, 1, 3)
+        keys = keys.transpose(0, 2, 1, 3)
+        values = values.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+
+        if cache is not None:
+            queries = self.rope(queries, offset=cache.offset)
+            keys = self.rope(keys, offset=cache.offset)
+            keys, values = cache.update_and_fetch(keys, values)
+        else:
+            queries = self.rope(queries)
+            keys = self.rope(keys)
+
+        output = scaled_dot_product_attention(
+            queries, keys, values, cache=cache, scale=self.scale, mask=mask
+        )
+        output = output.transpose(0, 2, 1, 3).reshape(B, L, -1)
+        return self.o_proj(output)
+
+
+class AttentionQKV(Pattern):
+    name = "attention_qkv"
+    description = "attention: q|k|v in one projection + split"
+
+    def matches(self, module: nn.Module, path: str) -> str | None:
+        if isinstance(module, Fused):
+            return None
+        if not all(isinstance(module.get(p), nn.Module) for p in _PROJECTIONS):
+            return None
+        qk_norm = _qk_norm(type(module))
+        if qk_norm is None:
+            return f"{type(module).__name__}.__call__ is not the llama/qwen3 attention forward"
+        needed = ["o_proj", "rope"] + (["q_norm", "k_norm"] if qk_norm else [])
+        missing = [a for a in needed if a not in module]
+        missing += [a for a in _HEAD_ALIASES if _head_count(module, a) is None]
+        missing += [] if hasattr(module, "scale") else ["scale"]
+        if missing:
+            return f"missing attributes {missing}"
+        return linear_mismatch([module[p] for p in _PROJECTIONS], DENSE_LINEARS) or OK
+
+    def apply(self, module: nn.Module, path: str) -> Fused:
+        qkv, widths = fuse_outputs([module[p] for p in _PROJECTIONS])
+        return FusedQKVAttention(module, qkv, widths)
+
+    def revert(self, fused: Fused) -> nn.Module:
+        assert isinstance(fused, FusedQKVAttention)
+        original = fused.original
+        unfuse_outputs(fused.qkv_proj, [original[p] for p in _PROJECTIONS], fused.widths)
+        names = ["o_proj", "rope"] + (["q_norm", "k_norm"] if fused.qk_norm else [])
+        return fused.hand_back_children(names)

@@ -1,0 +1,87 @@
+"""The random-weight model builder, the e2e benchmark and `python -m zmlx_rs`, at CPU size."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear
+from tiny import _COMMON, build
+from zmlx_rs import ZmlxError, bench, synthetic
+from zmlx_rs.__main__ import main
+
+
+@pytest.fixture(autouse=True)
+def _plan_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZMLX_RS_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("name", sorted(synthetic.SHAPES))
+def test_synthetic_models_have_the_architecture_and_sane_logits(name):
+    shape = synthetic.scaled_down(synthetic.SHAPES[name])
+    model = synthetic.build(shape, layers=1, dtype=mx.float32)
+    assert model.model_type == shape.config["model_type"]
+    assert len(model.layers) == 1
+    logits = model(mx.arange(8)[None])
+    assert logits.shape == (1, 8, shape.config["vocab_size"])
+    assert bool(mx.all(mx.isfinite(logits))) and 0.1 < float(logits.std()) < 100
+    quantized = [m for _, m in model.named_modules() if isinstance(m, nn.QuantizedLinear)]
+    assert bool(quantized) == (shape.bits is not None)
+    if "num_experts" in shape.config or "num_local_experts" in shape.config:
+        assert any(isinstance(m, QuantizedSwitchLinear) for _, m in model.named_modules())
+
+
+def test_full_size_config_is_real():
+    c = synthetic.SHAPES["qwen3-30b-a3b"].config
+    assert (c["hidden_size"], c["num_hidden_layers"], c["num_experts"]) == (2048, 48, 128)
+    assert (c["num_experts_per_tok"], c["moe_intermediate_size"], c["vocab_size"]) == (
+        8,
+        768,
+        151936,
+    )
+    with pytest.raises(ZmlxError, match="'shape' must be one of"):
+        synthetic.build("gpt-5")
+
+
+def test_e2e_benchmark_writes_json(tmp_path, capsys):
+    result = bench.main(
+        [
+            "--models=qwen3-0.6b",
+            "--layers=1",
+            "--rounds=2",
+            "--tokens=8",
+            "--prefill=64",
+            "--check-steps=4",
+            "--budget=60",
+            f"--out={tmp_path}",
+        ]
+    )
+    (written,) = tmp_path.glob("e2e-cpu-*.json")
+    assert json.loads(written.read_text()) == json.loads(json.dumps(result))
+    (row,) = result["rows"]
+    assert row["rounds"] == 2 and row["numerics"]["ok"]
+    assert row["patched"] == {"attention_qkv": 1, "dense_mlp": 1}
+    nodes = row["nodes_per_decode_step"]
+    assert nodes["unpatched"]["nodes"] > 0 and nodes["patched"]["nodes"] > 0
+    assert row["decode"]["unpatched_tps"] > 0 and len(row["decode"]["patched_rounds"]) == 2
+    assert "| Qwen3-0.6B, scaled down | 1 | float32 |" in capsys.readouterr().out
+
+
+def test_demo_runs_smart_patch_and_generates(capsys):
+    main(["demo", "--layers=1", "--budget=3", "--tokens=4"])
+    out = capsys.readouterr().out
+    assert "smart_patch: kept" in out and "generated 4 tokens" in out
+
+
+def test_patch_a_checkpoint_folder(tmp_path, capsys):
+    model = build("llama")
+    mx.save_safetensors(str(tmp_path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (tmp_path / "config.json").write_text(json.dumps({**_COMMON, "model_type": "llama"}))
+    main(["patch", str(tmp_path), "--budget=3", "--workloads=decode"])
+    out = capsys.readouterr().out
+    assert "PatchReport llama" in out and "dense_mlp" in out
+    with pytest.raises(SystemExit, match="mlx-lm checkpoint folder"):
+        main(["patch", str(tmp_path / "missing")])
