@@ -37,6 +37,8 @@ wheel:
 
 bench: dev
 	$(PYTHON) benchmarks/kernels.py
+	$(PYTHON) benchmarks/detok.py
+	$(PYTHON) benchmarks/inspect_checkpoint.py
 
 # Everything a fresh machine lacks: Rust (rustup) if cargo is missing, a virtualenv, MLX for
 # this machine, mlx-lm, maturin, and the extension built from source.

@@ -33,6 +33,9 @@ pub enum Error {
     /// The backend cannot run what was asked.
     #[error("{0}")]
     Backend(String),
+    /// A checkpoint file is missing, unreadable or malformed.
+    #[error("checkpoint file '{path}': {reason}")]
+    Checkpoint { path: String, reason: String },
 }
 
 impl Error {
@@ -60,6 +63,12 @@ impl Error {
             arg,
             expected: expected.to_string(),
             actual: actual.to_string(),
+        }
+    }
+    pub fn checkpoint(path: &std::path::Path, reason: impl fmt::Display) -> Self {
+        Error::Checkpoint {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
         }
     }
     pub fn value(

@@ -2,6 +2,8 @@
 //!
 //! The core modules know nothing of Python; `py` holds the bindings.
 
+pub mod checkpoint;
+pub mod detok;
 pub mod error;
 pub mod kernels;
 pub mod nvrtc;

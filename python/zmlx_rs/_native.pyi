@@ -1,5 +1,6 @@
 """Type stubs for the Rust extension module `zmlx_rs._native`."""
 
+import os
 from os import PathLike
 from pathlib import Path
 from typing import final
@@ -7,20 +8,26 @@ from typing import final
 __all__ = [
     "MIN_ROUNDS",
     "BackendError",
+    "CheckpointError",
+    "CheckpointInfo",
     "Comparison",
     "CompiledKernel",
     "DTypeError",
     "KernelCompiler",
     "KernelSpec",
     "Launch",
+    "Quantization",
     "ShapeError",
     "Specialisation",
+    "StreamingDetokenizer",
+    "TensorInfo",
     "ZmlxError",
     "__version__",
     "bootstrap_median_ci",
     "check_dropout_p",
     "compare_rounds",
     "device_arch",
+    "inspect_checkpoint",
     "keep",
     "kernel_names",
     "kernel_spec",
@@ -47,6 +54,7 @@ class ZmlxError(ValueError): ...
 class ShapeError(ZmlxError): ...
 class DTypeError(ZmlxError): ...
 class BackendError(ZmlxError): ...
+class CheckpointError(ZmlxError): ...
 
 @final
 class KernelSpec:
@@ -113,6 +121,81 @@ def plan_moe_gating(
 def plan_gather_add(
     y_shape: list[int], y_dtype: str, scores_shape: list[int], scores_dtype: str
 ) -> Launch: ...
+
+@final
+class StreamingDetokenizer:
+    """mlx-lm's streaming detokenizer interface in Rust; `kind` is "naive", "spm" or "bpe"."""
+
+    def __new__(
+        cls,
+        tokenizer_json: str,
+        kind: str,
+        *,
+        trim_space: bool = True,
+        trim_trailing_space: bool = False,
+        clean_up_spaces: bool = False,
+    ) -> StreamingDetokenizer: ...
+    @property
+    def kind(self) -> str: ...
+    def reset(self) -> None: ...
+    def add_token(self, token: int) -> None: ...
+    def finalize(self) -> None: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def last_segment(self) -> str: ...
+    @property
+    def tokens(self) -> list[int]: ...
+    @property
+    def offset(self) -> int: ...
+    @offset.setter
+    def offset(self, offset: int) -> None: ...
+    def __copy__(self) -> StreamingDetokenizer: ...
+
+@final
+class TensorInfo:
+    """One tensor of a checkpoint; `dtype` is the safetensors name (F32, BF16, U32...)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def shape(self) -> list[int]: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def shard(self) -> str: ...
+
+@final
+class Quantization:
+    """mlx-lm quantization settings of a checkpoint."""
+
+    @property
+    def bits(self) -> int: ...
+    @property
+    def group_size(self) -> int: ...
+    @property
+    def mode(self) -> str: ...
+
+@final
+class CheckpointInfo:
+    """What a checkpoint holds, read from its safetensors headers only."""
+
+    @property
+    def tensors(self) -> list[TensorInfo]: ...
+    @property
+    def n_params(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def quantization(self) -> Quantization | None: ...
+    @property
+    def n_experts(self) -> int | None: ...
+    @property
+    def fingerprint(self) -> str: ...
+
+def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo: ...
 
 @final
 class Comparison:

@@ -1,5 +1,5 @@
 """Exception classes. Every error zmlx_rs raises is a ZmlxError, itself a ValueError."""
 
-from zmlx_rs._native import BackendError, DTypeError, ShapeError, ZmlxError
+from zmlx_rs._native import BackendError, CheckpointError, DTypeError, ShapeError, ZmlxError
 
-__all__ = ["BackendError", "DTypeError", "ShapeError", "ZmlxError"]
+__all__ = ["BackendError", "CheckpointError", "DTypeError", "ShapeError", "ZmlxError"]

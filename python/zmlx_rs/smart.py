@@ -40,6 +40,7 @@ from mlx.utils import tree_flatten
 
 from zmlx_rs import _backend, _native, measure
 from zmlx_rs import patterns as registry
+from zmlx_rs.checkpoint import inspect as inspect_checkpoint
 from zmlx_rs.errors import ZmlxError
 from zmlx_rs.patch import patch, unpatch
 from zmlx_rs.patterns import Pattern
@@ -214,6 +215,7 @@ def smart_patch(
     min_gain: float = 0.02,
     remeasure: bool = False,
     progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> SmartPatchReport:
     """Patch `model` in place with the patterns that make it faster here; returns the report.
     Starts from the unpatched model: an earlier `patch` is undone first.
@@ -226,6 +228,9 @@ def smart_patch(
     - `min_gain`: the gain (0.02 = 2%) the confidence interval's lower bound must exceed.
     - `remeasure`: ignore a cached plan (and overwrite it).
     - `progress`: show a progress bar on stderr.
+    - `checkpoint`: the folder `model` was loaded from; the plan cache is then keyed by its
+      `zmlx_rs.checkpoint.inspect` fingerprint (safetensors headers only) instead of a walk
+      over the model's parameters.
     """
     start = time.perf_counter()
     if not isinstance(model, nn.Module):
@@ -240,7 +245,7 @@ def smart_patch(
         raise ZmlxError(f"smart_patch(): 'min_gain' must be in [0, 1), got {min_gain!r}")
 
     unpatch(model)
-    key_material = _key_material(model, chosen, asked, float(min_gain))
+    key_material = _key_material(model, chosen, asked, float(min_gain), checkpoint)
     path = cache_dir() / "plans" / f"{_digest(key_material)}.json"
     if not remeasure:
         cached = _load_plan(path, key_material)
@@ -291,25 +296,31 @@ def _check_workloads(workloads: Sequence[str]) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------- plan cache
 
 
-def _fingerprint(model: nn.Module) -> dict[str, Any]:
+def _fingerprint(
+    model: nn.Module, checkpoint: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """What decides speed: the architecture, its config, and every parameter's name, shape
-    and dtype (quantization included). Weight values do not enter."""
+    and dtype (quantization included), from the checkpoint's headers when the model came from
+    one. Weight values do not enter."""
     args = getattr(model, "args", None)
     if dataclasses.is_dataclass(args) and not isinstance(args, type):
         config: Any = dataclasses.asdict(args)
     else:
         config = vars(args) if args is not None else {}
-    params = [
-        (name, list(a.shape), str(a.dtype))
-        for name, a in tree_flatten(model.parameters())
-        if isinstance(a, mx.array)
-    ]
     cls = type(model)
-    return {
+    fingerprint: dict[str, Any] = {
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "config": config,
-        "parameters": params,
     }
+    if checkpoint is not None:
+        fingerprint["checkpoint"] = inspect_checkpoint(checkpoint).fingerprint
+    else:
+        fingerprint["parameters"] = [
+            (name, list(a.shape), str(a.dtype))
+            for name, a in tree_flatten(model.parameters())
+            if isinstance(a, mx.array)
+        ]
+    return fingerprint
 
 
 def _device_name() -> str:
@@ -318,11 +329,15 @@ def _device_name() -> str:
 
 
 def _key_material(
-    model: nn.Module, chosen: list[Pattern], workloads: tuple[str, ...], min_gain: float
+    model: nn.Module,
+    chosen: list[Pattern],
+    workloads: tuple[str, ...],
+    min_gain: float,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     material = {
         "format": _CACHE_FORMAT,
-        "model": _fingerprint(model),
+        "model": _fingerprint(model, checkpoint),
         "backend": _backend.name(),
         "device": _device_name(),
         "versions": {

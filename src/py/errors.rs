@@ -27,6 +27,13 @@ pyo3::create_exception!(
     "The backend cannot run what was asked."
 );
 
+pyo3::create_exception!(
+    zmlx_rs,
+    CheckpointError,
+    ZmlxError,
+    "A checkpoint file is missing, unreadable or malformed."
+);
+
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         let msg = e.to_string();
@@ -35,6 +42,7 @@ impl From<Error> for PyErr {
             Error::DType { .. } => DTypeError::new_err(msg),
             Error::Value { .. } => ZmlxError::new_err(msg),
             Error::Backend(_) => BackendError::new_err(msg),
+            Error::Checkpoint { .. } => CheckpointError::new_err(msg),
         }
     }
 }
@@ -45,5 +53,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ShapeError", py.get_type::<ShapeError>())?;
     m.add("DTypeError", py.get_type::<DTypeError>())?;
     m.add("BackendError", py.get_type::<BackendError>())?;
+    m.add("CheckpointError", py.get_type::<CheckpointError>())?;
     Ok(())
 }
