@@ -97,6 +97,7 @@ def _time(build) -> tuple[float, float]:
 
 
 def per_call(rounds: int) -> dict:
+    _compile.use_precompiled(True)
     results = {}
     for label, (name, plan, case) in CASES.items():
         builds = {
@@ -145,8 +146,7 @@ COLD_SCRIPT = textwrap.dedent(
     import mlx.core as mx
     import zmlx_rs
     from zmlx_rs import _compile, kernels as K
-    if sys.argv[1] == "jit":
-        _compile.use_precompiled(False)
+    _compile.use_precompiled(sys.argv[1] != "jit")
     model_path = sys.argv[2] if len(sys.argv) > 2 else None
     t_import = time.perf_counter()
     if model_path:

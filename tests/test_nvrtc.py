@@ -240,6 +240,7 @@ def test_a_kernel_that_fails_to_compile_falls_back(fresh_state, caplog):
 
 @pytest.mark.skipif(mx.cuda.is_available(), reason="checks the no-GPU start")
 def test_without_a_gpu_the_path_is_off_with_a_reason(fresh_state):
+    _compile.use_precompiled(True)
     assert _compile.compiler() is None
     report = _compile.report()
     assert report["path"] == "cuda_kernel"
@@ -256,13 +257,21 @@ def test_turning_precompiled_off_is_reported(fresh_state):
 # On the GPU: the precompiled launch runs and agrees with the JIT kernel.
 
 
+@pytest.fixture
+def precompiled_on():
+    _compile.use_precompiled(True)
+    yield
+    _compile.use_precompiled(False)
+    _compile._state.reason = _compile.DEFAULT_OFF
+
+
 def both_paths(name, plan):
     return K._Kernel(name, plan), K._Kernel(name, plan, precompiled=False)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [mx.float32, mx.float16, mx.bfloat16])
-def test_precompiled_glu_matches_jit(dtype):
+def test_precompiled_glu_matches_jit(dtype, precompiled_on):
     pre, jit = both_paths("zmlx_glu", _native.plan_glu)
     gate = mx.random.normal((3, 1001)).astype(dtype)
     up = mx.random.normal((3, 1001)).astype(dtype)
@@ -275,7 +284,7 @@ def test_precompiled_glu_matches_jit(dtype):
 
 
 @pytest.mark.cuda
-def test_precompiled_ops_match_jit():
+def test_precompiled_ops_match_jit(precompiled_on):
     gating_pre, gating_jit = both_paths("zmlx_moe_gating", _native.plan_moe_gating)
     logits = mx.random.normal((5, 128)).astype(mx.bfloat16)
     args = ([5, 128], "bfloat16", 8, "softmax", True, None, None, 1.0)
@@ -293,7 +302,16 @@ def test_precompiled_ops_match_jit():
 
 
 @pytest.mark.cuda
-def test_public_ops_run_precompiled_by_default():
+def test_public_ops_run_through_the_jit_by_default(fresh_state):
+    x = mx.random.normal((4, 256)).astype(mx.bfloat16)
+    mx.eval(K.swiglu(x, x))
+    report = _compile.report()
+    assert report["path"] == "cuda_kernel" and "by default" in report["reason"], report
+
+
+@pytest.mark.cuda
+def test_public_ops_run_precompiled_when_asked(fresh_state):
+    _compile.use_precompiled(True)
     x = mx.random.normal((4, 256)).astype(mx.bfloat16)
     mx.eval(K.swiglu(x, x))
     report = _compile.report()
@@ -307,6 +325,7 @@ def test_a_fresh_process_reads_the_warm_cache(tmp_path):
         """
         import mlx.core as mx
         from zmlx_rs import _compile, kernels
+        _compile.use_precompiled(True)
         x = mx.ones((2, 64), dtype=mx.float16)
         mx.eval(kernels.swiglu(x, x), kernels.swiglu_packed(mx.concatenate([x, x], -1)))
         print(sorted(_compile.report()["cache"].items()))
@@ -327,6 +346,7 @@ def test_without_nvrtc_kernels_run_through_the_jit(fresh_state, monkeypatch):
         raise _native.BackendError("NVRTC not found (planted)")
 
     monkeypatch.setattr(_compile, "locate", missing)
+    _compile.use_precompiled(True)
     pre, jit = both_paths("zmlx_glu", _native.plan_glu)
     x = mx.random.normal((2, 64))
     args = ("silu", [2, 64], "float32", [2, 64], "float32")
@@ -347,9 +367,10 @@ def test_patch_report_shows_the_kernel_path(fresh_state):
 
 
 @pytest.mark.cuda
-def test_patch_report_summary_names_the_path():
+def test_patch_report_summary_names_the_path(fresh_state):
     from zmlx_rs.report import PatchReport
 
+    _compile.use_precompiled(True)
     x = mx.ones((2, 64), dtype=mx.bfloat16)
     mx.eval(K.swiglu(x, x))
     assert "kernels: precompiled" in str(PatchReport()), _compile.report()

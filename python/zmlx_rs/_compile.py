@@ -82,13 +82,20 @@ def locate() -> tuple[Path, list[Path]]:
     return _native.locate_toolchain(_nvidia_dirs(), Path(home), _mlx_include_dirs())
 
 
+DEFAULT_OFF = "off by default (mx.fast.cuda_kernel is faster per call); use_precompiled(True)"
+
+
 class _State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.enabled = True
+        # Off by default: on an H200 a precompiled launch evaluates 1.2-1.4x slower per call
+        # than the same kernel through mx.fast.cuda_kernel (MLX hashes and copies the cubin
+        # on every evaluation; benchmarks/results/precompiled.json), and decode is bound by
+        # per-call cost. Its win is cold start (0.1 s vs 10 s): use_precompiled(True).
+        self.enabled = False
         self.compiler: Any = None
-        self.reason: str | None = None  # why the precompiled path is off, when it is
-        self.ready = False
+        self.reason: str | None = DEFAULT_OFF  # why the precompiled path is off, when it is
+        self.ready = True
         self.kernels: dict[tuple, Any] = {}  # specialisation key -> CompiledKernel | None
         self.fallbacks: dict[str, str] = {}  # symbol -> why it runs through the JIT
         self.cache = Counter[str]()
