@@ -24,27 +24,9 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models import cache as cache_lib
 from mlx_lm.models import qwen3_moe
 from zmlx_rs import _backend
+from zmlx_rs.synthetic import SHAPES
 
-QWEN3_30B_A3B = {
-    "model_type": "qwen3_moe",
-    "hidden_size": 2048,
-    "num_hidden_layers": 48,
-    "intermediate_size": 6144,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 4,
-    "head_dim": 128,
-    "num_experts": 128,
-    "num_experts_per_tok": 8,
-    "moe_intermediate_size": 768,
-    "decoder_sparse_step": 1,
-    "mlp_only_layers": [],
-    "norm_topk_prob": True,
-    "rms_norm_eps": 1e-6,
-    "vocab_size": 151936,
-    "rope_theta": 1000000.0,
-    "tie_word_embeddings": False,
-    "max_position_embeddings": 40960,
-}
+QWEN3_30B_A3B = SHAPES["qwen3-30b-a3b"].config
 VIEWS = {"Reshape", "Squeeze", "ExpandDims", "Broadcast", "Slice", "Transpose", "AsStrided"}
 
 

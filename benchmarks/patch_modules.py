@@ -23,40 +23,13 @@ from mlx_lm.models import llama, qwen3_moe
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zmlx_rs
 from common import device_name, interleaved, median, ratio_stats, table, write_json
+from zmlx_rs.synthetic import SHAPES
 
 DT = mx.bfloat16
 
-QWEN3_30B = {
-    "model_type": "qwen3_moe",
-    "hidden_size": 2048,
-    "num_hidden_layers": 1,
-    "intermediate_size": 6144,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 4,
-    "head_dim": 128,
-    "num_experts": 128,
-    "num_experts_per_tok": 8,
-    "decoder_sparse_step": 1,
-    "mlp_only_layers": [],
-    "moe_intermediate_size": 768,
-    "rms_norm_eps": 1e-6,
-    "vocab_size": 151936,
-    "rope_theta": 1e6,
-    "tie_word_embeddings": False,
-    "max_position_embeddings": 40960,
-    "norm_topk_prob": True,
-}
-MISTRAL_7B = {
-    "model_type": "llama",
-    "hidden_size": 4096,
-    "num_hidden_layers": 1,
-    "intermediate_size": 14336,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "rms_norm_eps": 1e-5,
-    "vocab_size": 32000,
-    "rope_theta": 1e6,
-}
+# One layer of each real config: the modules are what this benchmark times.
+QWEN3_30B = {**SHAPES["qwen3-30b-a3b"].config, "num_hidden_layers": 1}
+MISTRAL_7B = {**SHAPES["mistral-7b"].config, "model_type": "llama", "num_hidden_layers": 1}
 
 
 def cases() -> list[tuple[str, str, Callable[[], nn.Module], int]]:
