@@ -1,0 +1,203 @@
+"""The CUDA kernel bodies, run as written on the CPU: each launch is compiled as host C++
+under tests/emulation/emu.h (a std::thread per CUDA thread, std::barrier for
+__syncthreads and warp shuffles) with the exact template constants and launch geometry the
+Rust planner produced, then compared with the MLX reference. Catches logic errors (indexing,
+geometry, warp reductions, masks) on machines without a GPU; the `cuda` tests cover the
+real device. Needs g++ (C++20) and the CUDA headers from PyPI (nvidia-cuda-runtime,
+nvidia-cuda-cccl, nvidia-cuda-crt)."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from zmlx_rs import _native
+from zmlx_rs import reference as ref
+
+HERE = Path(__file__).resolve().parent / "emulation"
+BUILD = Path(tempfile.gettempdir()) / "zmlx_rs_emulation"
+CTYPES = {"float16": "__half", "float32": "float", "uint32": "uint32_t"}
+NP = {"float16": np.float16, "float32": np.float32, "uint32": np.uint32}
+
+
+def _cuda_includes() -> list[str] | None:
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for base in nvidia.__path__:
+        for p in Path(base).glob("*/include/cuda_fp16.h"):
+            if (p.parent / "crt" / "host_defines.h").exists():
+                return ["-I", str(p.parent), "-I", str(p.parent / "cccl")]
+    return None
+
+
+INCLUDES = _cuda_includes()
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None or INCLUDES is None,
+    reason="needs g++ and the CUDA headers (pip install nvidia-cuda-runtime nvidia-cuda-cccl "
+    "nvidia-cuda-crt)",
+)
+
+
+def _name(a: mx.array) -> str:
+    return str(a.dtype).split(".")[-1]
+
+
+def run(launch: _native.Launch, inputs: list[mx.array]) -> list[np.ndarray]:
+    """Compiles (cached by source) and runs one launch; outputs start poisoned."""
+    spec = _native.kernel_spec(launch.kernel)
+    outs_dt = launch.output_dtypes
+    params = [
+        f"const {CTYPES[_name(a)]}* {n}" for n, a in zip(spec.input_names, inputs, strict=True)
+    ]
+    params += [f"{CTYPES[d]}* {n}" for n, d in zip(spec.output_names, outs_dt, strict=True)]
+    names = ", ".join(p.split("* ")[1] for p in params)
+    consts = []
+    for n, v in launch.template:
+        if isinstance(v, bool):
+            consts.append(f"constexpr bool {n} = {'true' if v else 'false'};")
+        elif isinstance(v, int):
+            consts.append(f"constexpr int {n} = {v};")
+        else:
+            consts.append(f"using {n} = {CTYPES[v]};")
+    grid, block = launch.grid, launch.threadgroup
+    assert grid[0] % block[0] == 0, "launches cover their work exactly"
+    src = "\n".join(
+        [
+            '#include "emu.h"',
+            spec.header,
+            f"static void body({', '.join(params)}) {{",
+            *consts,
+            spec.source,
+            "}",
+            f'extern "C" void run({", ".join(params)}) {{',
+            f"  launch(Dim{{{grid[0] // block[0]}u, {grid[1]}u, 1u}}, Dim{{{block[0]}u, 1u, 1u}},",
+            f"         [=] {{ body({names}); }});",
+            "}",
+        ]
+    )
+    BUILD.mkdir(exist_ok=True)
+    so = BUILD / f"{launch.kernel}_{hashlib.sha256(src.encode()).hexdigest()[:16]}.so"
+    if not so.exists():
+        cpp = so.with_suffix(f".{id(src)}.cpp")
+        cpp.write_text(src)
+        tmp = so.with_suffix(f".{id(src)}.tmp")
+        cmd = ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-w", *INCLUDES, "-I", str(HERE)]
+        subprocess.run([*cmd, str(cpp), "-o", str(tmp), "-lpthread"], check=True)
+        tmp.replace(so)
+    lib = ctypes.CDLL(str(so))
+    arrays = [np.ascontiguousarray(np.array(a)) for a in inputs]
+    outs = [
+        np.full(tuple(s), np.iinfo(np.uint32).max if d == "uint32" else np.nan, dtype=NP[d])
+        for s, d in zip(launch.output_shapes, outs_dt, strict=True)
+    ]
+    lib.run(*[a.ctypes.data_as(ctypes.c_void_p) for a in [*arrays, *outs]])
+    return outs
+
+
+def close(got: np.ndarray, want: mx.array, dtype: mx.Dtype) -> None:
+    tol = 2e-2 if dtype == mx.float16 else 1e-5
+    assert np.isfinite(got).all(), "an output was left unwritten"
+    np.testing.assert_allclose(got.astype(np.float64), np.array(want), rtol=tol, atol=tol)
+
+
+SHAPES = [
+    ((3, 1001), mx.float16),
+    ((4, 768), mx.float16),
+    ((2, 5, 13), mx.float32),
+    ((7,), mx.float32),
+]
+
+
+@pytest.mark.parametrize(("shape", "dtype"), SHAPES, ids=str)
+@pytest.mark.parametrize("act", ["silu", "gelu", "gelu_approx"])
+def test_glu_forward_and_backward(shape, dtype, act):
+    g, u, c = (mx.random.normal(shape).astype(dtype) for _ in range(3))
+
+    def f(a, b):
+        a, b = a.astype(mx.float32), b.astype(mx.float32)
+        return ref.swiglu(a, b) if act == "silu" else ref.geglu(a, b, act == "gelu_approx")
+
+    (out,) = run(_native.plan_glu(act, list(shape), _name(g), list(shape), _name(u)), [g, u])
+    close(out, f(g, u), dtype)
+    launch = _native.plan_glu_backward(act, list(shape), _name(g), list(shape), _name(c))
+    d_gate, d_up = run(launch, [g, u, c])
+    _, (want_g, want_u) = mx.vjp(f, [g, u], [c.astype(mx.float32)])
+    close(d_gate, want_g, dtype)
+    close(d_up, want_u, dtype)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"), [((3, 2002), mx.float16), ((2, 1536), mx.float16), ((4, 22), mx.float32)]
+)
+def test_glu_packed_forward_and_backward(shape, dtype):
+    h = mx.random.normal(shape).astype(dtype)
+    c = mx.random.normal((*shape[:-1], shape[-1] // 2)).astype(dtype)
+    (out,) = run(_native.plan_glu_packed("silu", list(shape), _name(h)), [h])
+    close(out, ref.swiglu_packed(h.astype(mx.float32)), dtype)
+    launch = _native.plan_glu_packed_backward(
+        "silu", list(shape), _name(h), list(c.shape), _name(c)
+    )
+    (d_h,) = run(launch, [h, c])
+    _, (want,) = mx.vjp(ref.swiglu_packed, [h.astype(mx.float32)], [c.astype(mx.float32)])
+    close(d_h, want, dtype)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "score_dtype"),
+    [((3, 2, 1001), mx.float32, mx.float32), ((1, 8, 2048), mx.float16, mx.float32)],
+)
+def test_gather_add(shape, dtype, score_dtype):
+    y = mx.random.normal(shape).astype(dtype)
+    s = mx.random.uniform(shape=shape[:-1]).astype(score_dtype)
+    launch = _native.plan_gather_add(list(shape), _name(y), list(s.shape), _name(s))
+    (out,) = run(launch, [y, s])
+    close(out, ref.gather_add(y.astype(mx.float32), s.astype(mx.float32)), dtype)
+
+
+@pytest.mark.parametrize(
+    ("rows", "experts", "k", "mode"),
+    [
+        (5, 60, 4, "softmax"),
+        (6, 128, 8, "softmax"),
+        (3, 8, 2, "topk_softmax"),
+        (7, 40, 3, "sigmoid"),
+        (2, 512, 16, "softmax"),
+    ],
+)
+def test_moe_gating(rows, experts, k, mode):
+    logits = 3 * mx.random.normal((rows, experts))
+    bias = 0.1 * mx.random.normal((experts,)) if mode == "sigmoid" else None
+    scale = 2.5 if mode == "sigmoid" else 1.0
+    launch = _native.plan_moe_gating(
+        [rows, experts],
+        "float32",
+        k,
+        mode,
+        True,
+        None if bias is None else [experts],
+        None if bias is None else "float32",
+        scale,
+    )
+    scores, indices = run(launch, [logits] if bias is None else [logits, bias])
+    want_s, want_i = ref.moe_gating(logits, k, mode=mode, bias=bias, scale=scale)
+    np.testing.assert_array_equal(indices, np.array(want_i))
+    close(scores, want_s, mx.float32)
+
+
+def test_dropout_mask_is_a_function_of_key_and_position():
+    x, key = mx.random.normal((4096,)), mx.random.key(3)
+    (full,) = run(_native.plan_dropout([4096], "float32", 0.5, [2], "uint32"), [x, key])
+    (part,) = run(_native.plan_dropout([4093], "float32", 0.5, [2], "uint32"), [x[:4093], key])
+    np.testing.assert_array_equal(full[:4093] != 0, part != 0)
+    kept = full != 0
+    assert abs(kept.mean() - 0.5) < 6 * np.sqrt(0.25 / 4096)
+    np.testing.assert_allclose(full[kept], 2 * np.array(x)[kept], rtol=1e-6)
