@@ -201,3 +201,36 @@ def test_dropout_mask_is_a_function_of_key_and_position():
     kept = full != 0
     assert abs(kept.mean() - 0.5) < 6 * np.sqrt(0.25 / 4096)
     np.testing.assert_allclose(full[kept], 2 * np.array(x)[kept], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "d", "inter", "experts", "k", "bits", "group_size"),
+    [(1, 256, 128, 8, 2, 4, 64), (3, 384, 128, 16, 3, 8, 32)],
+)
+def test_quantized_moe_decode(tokens, d, inter, experts, k, bits, group_size):
+    x = mx.random.normal((tokens, d))
+    indices = mx.argsort(mx.random.uniform(shape=(tokens, experts)), axis=-1)[:, :k]
+    indices = indices.astype(mx.uint32)
+    scores = mx.softmax(mx.random.normal((tokens, k)), axis=-1)
+
+    def quantized(rows, cols):
+        w = mx.random.normal((experts, rows, cols)) * cols**-0.5
+        return mx.quantize(w, group_size=group_size, bits=bits)
+
+    gate_up, down = quantized(2 * inter, d), quantized(d, inter)
+    q = {"group_size": group_size, "bits": bits}
+
+    def spec(a):
+        return list(a.shape), _name(a)
+
+    launch = _native.plan_gather_qmv_swiglu(
+        spec(x), spec(indices), *map(spec, gate_up), bits, group_size
+    )
+    (act,) = run(launch, [x, indices, *gate_up])
+    want_act = ref.gather_qmv_swiglu(x, indices, *gate_up, **q)
+    close(act, want_act, mx.float32)
+    launch = _native.plan_gather_qmv_combine(
+        spec(want_act), spec(indices), spec(scores), *map(spec, down), bits, group_size
+    )
+    (out,) = run(launch, [want_act, indices, scores, *down])
+    close(out, ref.gather_qmv_combine(want_act, indices, scores, *down, **q), mx.float32)
