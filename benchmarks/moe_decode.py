@@ -95,10 +95,7 @@ def main() -> None:
     t_build = time.perf_counter()
     model = build(args.layers, 4, 64)
     t_build = time.perf_counter() - t_build
-    # 4 tokens (32 gathered rows): on an H200, MLX-CUDA 0.32.4's gather_qmm refused 48 and
-    # 88 rows for this model after patch/unpatch cycles ("No implementation for problem
-    # shape"), though the same prefill had passed before them.
-    prompt = mx.array([151643, 872, 3555, 374])
+    prompt = mx.array([151643, 872, 3555, 374, 279, 6722, 315, 9625, 30, 220, 785, 6722])
     variants = {  # zmlx_rs.patch arguments
         "unpatched": None,
         "moe_block": {"patterns": ["moe_block", "moe_experts"]},

@@ -10,6 +10,7 @@ import json
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+import numpy as np
 import pytest
 import zmlx_rs
 from mlx_lm.generate import batch_generate, generate, generate_step, stream_generate
@@ -86,6 +87,9 @@ def test_patch_parity_and_bitwise_unpatch(family, quant):
     assert after.keys() == before.keys()
     for key, value in before.items():
         assert after[key].dtype == value.dtype and mx.array_equal(after[key], value), key
+        # The never-patched layout too: MLX-CUDA's quantized matmuls need row-contiguous
+        # weights, scales and biases (numpy sees the array's real strides).
+        assert np.asarray(after[key]).flags["C_CONTIGUOUS"], key
     assert mx.array_equal(model(PROMPT), ref)
 
 

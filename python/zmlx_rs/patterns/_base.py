@@ -152,14 +152,15 @@ def fuse_outputs(layers: Sequence[nn.Module]) -> tuple[nn.Module, list[int]]:
 
 def unfuse_outputs(fused: nn.Module, layers: Sequence[nn.Module], widths: Sequence[int]) -> None:
     """Give `layers` back their arrays, cut from `fused`: the same bits they had, each in a
-    buffer of its own (`take` copies; a slice could be a view pinning the whole stack) so the
-    stack is freed right here and the layout is the never-patched one."""
+    row-contiguous buffer of its own, so the stack is freed right here and the layout is the
+    never-patched one. (`take` along a middle axis returns a transposed view of its gather:
+    MLX-CUDA's gather_qmm has no kernel for expert stacks laid out like that.)"""
     start = 0
     keys = list(fused.keys())
     for layer, width in zip(layers, widths, strict=True):
         rows = mx.arange(start, start + width)
         for key in keys:
-            layer[key] = mx.take(fused[key], rows, axis=_OUTPUT_AXIS[key])
+            layer[key] = mx.contiguous(mx.take(fused[key], rows, axis=_OUTPUT_AXIS[key]))
         mx.eval([layer[key] for key in keys])
         start += width
     for key in keys:
