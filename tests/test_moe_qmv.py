@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tiny
 import zmlx_rs
+from helpers import poison
 from zmlx_rs import _native, kernels
 from zmlx_rs import reference as ref
 from zmlx_rs.patterns import Fused, moe_decode
@@ -137,26 +138,6 @@ def test_pattern_routes_decode_to_the_kernels(monkeypatch):
 # CUDA: the kernels against mx.gather_qmm, outputs poisoned with NaN first.
 
 
-def _poisoned(kernel_name: str, inputs, launch) -> mx.array:
-    spec = _native.kernel_spec(kernel_name)
-    fn = mx.fast.cuda_kernel(
-        name=spec.name,
-        input_names=spec.input_names,
-        output_names=spec.output_names,
-        source=spec.source,
-        header=spec.header,
-    )
-    return fn(
-        inputs=inputs,
-        template=launch.template,
-        grid=launch.grid,
-        threadgroup=launch.threadgroup,
-        output_shapes=launch.output_shapes,
-        output_dtypes=launch.output_dtypes,
-        init_value=float("nan"),
-    )[0]
-
-
 _COMBOS = [
     (bits, gs, dt) for bits in (4, 8) for gs in (32, 64, 128) for dt in (mx.float16, mx.bfloat16)
 ]
@@ -180,13 +161,12 @@ def test_kernels_match_gather_qmm(combo):
         d, inter = max(d // gs, 1) * gs, max(inter // gs, 1) * gs
         x, inds, scores, up, down = _case(tokens, d, inter, n_experts, k, bits, gs, dtype, s)
         want_act = ref.gather_qmv_swiglu(x, inds, *up, group_size=gs, bits=bits)
-        launch = kernels._qmv_swiglu_launch(x, inds, *up, gs, bits)
-        act = _poisoned("zmlx_moe_qmv_swiglu", [x, inds, *up], launch)
+        poison((want_act.shape, dtype))
+        act = kernels.gather_qmv_swiglu(x, inds, *up, group_size=gs, bits=bits)
         _close(act, want_act, dtype)
-        _close(kernels.gather_qmv_swiglu(x, inds, *up, group_size=gs, bits=bits), want_act, dtype)
         want = ref.gather_qmv_combine(want_act, inds, scores, *down, group_size=gs, bits=bits)
-        launch = kernels._qmv_combine_launch(want_act, inds, scores, *down, gs, bits)
-        out = _poisoned("zmlx_moe_qmv_combine", [want_act, inds, scores, *down], launch)
+        poison((want.shape, dtype))
+        out = kernels.gather_qmv_combine(want_act, inds, scores, *down, group_size=gs, bits=bits)
         _close(out, want, dtype)
 
 
