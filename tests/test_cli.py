@@ -25,6 +25,7 @@ def test_synthetic_models_have_the_architecture_and_sane_logits(name):
     model = synthetic.build(shape, layers=1, dtype=mx.float32)
     assert model.model_type == shape.config["model_type"]
     assert len(model.layers) == 1
+    assert not model.training  # as mlx_lm.load returns it
     logits = model(mx.arange(8)[None])
     assert logits.shape == (1, 8, shape.config["vocab_size"])
     assert bool(mx.all(mx.isfinite(logits))) and 0.1 < float(logits.std()) < 100

@@ -142,7 +142,7 @@ def build(
     dtype: mx.Dtype = mx.bfloat16,
     seed: int = 0,
 ) -> nn.Module:
-    """A random-weight, evaluated model of `shape` (a `SHAPES` key or a Shape); `layers`
+    """A random-weight, evaluated model in eval mode of `shape` (a `SHAPES` key or a Shape); `layers`
     overrides the layer count (fewer layers: same per-layer graph, less memory and time)."""
     if isinstance(shape, str):
         if shape not in SHAPES:
@@ -172,7 +172,9 @@ def build(
         rest.outer_ = [m for m in model.children().values() if m is not inner]
     _randomize(rest, mx.random.key(seed * 100_003 + len(blocks)), dtype)
     mx.eval(model.parameters())
-    return model
+    # Inference mode, as mlx_lm.load returns a model: patched modules then take their
+    # inference paths (one-node kernels, the decode MoE kernels) as they do for users.
+    return model.eval()
 
 
 def _is_quantized(m: nn.Module) -> bool:
