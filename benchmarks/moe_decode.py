@@ -100,7 +100,7 @@ def main() -> None:
         "unpatched": None,
         "moe_block": {"patterns": ["moe_block", "moe_experts"]},
         "moe_decode": {"patterns": ["moe_decode", "moe_experts"]},
-        "all_decode": {"exclude": ["moe_block"]},  # every pattern, moe_decode for the blocks
+        "default": {},  # patch(model): every pattern, moe_decode for these blocks
     }
 
     def use(name: str) -> None:

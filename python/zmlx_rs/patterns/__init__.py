@@ -13,9 +13,10 @@ from zmlx_rs.patterns.moe_decode import MoEDecode
 
 __all__ = ["ALL", "OK", "Fused", "Pattern", "get", "names", "register"]
 
-# moe_decode after moe_block: the default stays moe_block until the decode kernels are
-# measured on the GPU; `exclude=["moe_block"]` or `patterns=[...]` selects moe_decode.
-ALL: list[Pattern] = [MoEBlock(), MoEDecode(), MoEExperts(), AttentionQKV(), DenseMLP()]
+# moe_decode first: it takes the MoE blocks with quantised experts its kernels run (measured
+# faster than moe_block on the GPU), moe_block the others; moe_experts after both (it packs
+# the experts inside the block).
+ALL: list[Pattern] = [MoEDecode(), MoEBlock(), MoEExperts(), AttentionQKV(), DenseMLP()]
 
 
 def names() -> list[str]:
