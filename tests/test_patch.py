@@ -46,6 +46,16 @@ EXPECTED = {
 }
 assert set(EXPECTED) == set(FAMILIES)
 
+
+def expected(family: str, quantized: bool) -> dict[str, int]:
+    """EXPECTED, with moe_decode taking the blocks whose experts are quantised SwiGLU ones
+    (those moe_experts packs)."""
+    counts = dict(EXPECTED[family])
+    if quantized and "moe_experts" in counts:
+        counts["moe_decode"] = counts.pop("moe_block")
+    return counts
+
+
 QUANTS = [None, (4, 32), (8, 64)]
 
 
@@ -71,7 +81,7 @@ def test_patch_parity_and_bitwise_unpatch(family, quant):
     ref_tokens = greedy(model, 32)
 
     report = zmlx_rs.patch(model)
-    assert report.counts() == EXPECTED[family], str(report)
+    assert report.counts() == expected(family, bits is not None), str(report)
     assert all(p.note for p in report.patched)
     assert close(model(PROMPT), ref)
     assert greedy(model, 32) == ref_tokens
@@ -141,7 +151,7 @@ def test_tensor_parallel_sharded_model(quant):
     model.shard(group)
     ref = model(PROMPT)
     report = zmlx_rs.patch(model)
-    assert report.counts() == EXPECTED["qwen3_moe"]
+    assert report.counts() == expected("qwen3_moe", quant is not None)
     layer = model.model.layers[1]
     assert "AllToShardedLinear" in type(layer.self_attn.qkv_proj).__name__
     assert layer.mlp.sharding_group is group
@@ -244,8 +254,8 @@ def test_pattern_selection_and_errors():
     with pytest.raises(ZmlxError, match="'model'"):
         zmlx_rs.patch(object())
     assert patterns.names() == [
-        "moe_block",
         "moe_decode",
+        "moe_block",
         "moe_experts",
         "attention_qkv",
         "dense_mlp",
@@ -286,28 +296,40 @@ def test_mixed_quantization_is_skipped_with_reason():
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16], ids=str)
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_cuda_parity(family, dtype, bits):
-    """The CUDA kernels inside patched models. fp32: greedy decoding identical; half
-    precision (fp32 math rounded once in the kernels, vs mlx-lm's half-precision ops):
-    logits within tolerance and the same argmax almost everywhere."""
-    if bits is not None and dtype == mx.float32:
-        # MLX-CUDA 0.32.4 JIT-compiles float32 quantized matmuls with mma.h, whose crt/mma.h
-        # the CUDA 13 pip headers lack: mlx-lm itself fails there, patched or not.
-        pytest.skip("MLX-CUDA cannot build float32 quantized matmul kernels on this install")
+    """The CUDA kernels inside patched models. fp32: greedy decoding identical. Half
+    precision: the kernels round once from fp32 math where mlx-lm rounds every op (and MoE
+    routing may then pick another expert on a near tie), so the patched model is held to the
+    fp32 model: no further from it than the unpatched half-precision model."""
     model = build(family, bits=bits)
+    truth = model(PROMPT).astype(mx.float32)
     model.set_dtype(dtype)
     ref = model(PROMPT).astype(mx.float32)
     ref_tokens = greedy(model, 32)
     zmlx_rs.patch(model)
     out = model(PROMPT).astype(mx.float32)
-    scale = max(mx.abs(ref).max().item(), 1.0)
+    scale = max(mx.abs(truth).max().item(), 1.0)
     if dtype == mx.float32:
         assert mx.abs(out - ref).max().item() <= 1e-3 * scale
         assert greedy(model, 32) == ref_tokens
     else:
-        assert mx.abs(out - ref).max().item() <= 5e-2 * scale
-        assert (out.argmax(-1) == ref.argmax(-1)).mean().item() >= 0.9
+        err_ref = mx.abs(ref - truth).mean().item()
+        err_out = mx.abs(out - truth).mean().item()
+        assert err_out <= 1.5 * err_ref + 1e-3 * scale, (err_out, err_ref)
+        # The argmax may move only where the fp32 model's top two are within the error.
+        top2 = mx.sort(truth, axis=-1)[..., -2:]
+        near_tie = (top2[..., 1] - top2[..., 0]) <= 2 * mx.abs(out - truth).max()
+        moved = out.argmax(-1) != truth.argmax(-1)
+        assert mx.all(near_tie | ~moved).item(), "argmax moved away from a clear winner"
     zmlx_rs.unpatch(model)
     assert mx.array_equal(model(PROMPT).astype(mx.float32), ref)
+
+
+def test_quantized_moe_blocks_take_moe_decode_unless_excluded():
+    model = build("qwen3_moe", bits=4)
+    assert zmlx_rs.patch(model).counts()["moe_decode"] == 1
+    zmlx_rs.unpatch(model)
+    counts = zmlx_rs.patch(model, exclude=["moe_decode"]).counts()
+    assert counts["moe_block"] == 1 and "moe_decode" not in counts
 
 
 def test_a_specialised_moe_block_can_take_the_patterns_place():
@@ -322,8 +344,8 @@ def test_a_specialised_moe_block_can_take_the_patterns_place():
     try:
         patterns.register(MoEBlock(fused_class=CountingBlock))
         assert patterns.names() == [
-            "moe_block",
             "moe_decode",
+            "moe_block",
             "moe_experts",
             "attention_qkv",
             "dense_mlp",

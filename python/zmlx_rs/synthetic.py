@@ -142,8 +142,9 @@ def build(
     dtype: mx.Dtype = mx.bfloat16,
     seed: int = 0,
 ) -> nn.Module:
-    """A random-weight, evaluated model in eval mode of `shape` (a `SHAPES` key or a Shape); `layers`
-    overrides the layer count (fewer layers: same per-layer graph, less memory and time)."""
+    """A random-weight, evaluated model of `shape` (a `SHAPES` key or a Shape), in eval mode;
+    `layers` overrides the layer count (fewer layers: same per-layer graph, less memory and
+    time)."""
     if isinstance(shape, str):
         if shape not in SHAPES:
             raise ZmlxError(f"build(): 'shape' must be one of {sorted(SHAPES)}, got {shape!r}")
