@@ -40,10 +40,16 @@ pub const MAX_PAIRS: usize = 65_535;
 // memory. The first design gave each warp its own rows and staged x in shared memory per
 // block: at one token that re-read x from shared memory per row (fp32, 8x the weight bytes),
 // and the combine staged all K * I activations (24 KiB at Qwen3-30B-A3B) in each block for 8
-// output rows, a staging pass as long as the work behind a barrier; both kernels reached only
-// 16-35% of copy bandwidth there. Now x costs one L1/L2 read per block, every load a thread
-// makes is issued before its first use (one latency per step, no barrier before the
-// arithmetic), and the dequantisation needs three instructions per value (qmv.cuh).
+// output rows, a staging pass as long as the work, behind a barrier; on an H200 the kernels
+// reached 35% (swiglu) and 16% (combine) of copy bandwidth at that shape. Now x costs one
+// L1/L2 read per block, each thread issues all of a step's loads before their first use (one
+// DRAM latency per step, no barrier before the arithmetic), and dequantisation takes three
+// instructions per value instead of four (qmv.cuh). At Qwen3-30B-A3B one token gives the
+// swiglu 1536 blocks of 2 warps (4 gate + 4 up rows each) and the combine 256 blocks of 6
+// warps (8 outputs, one chunk per thread); each thread has 8 chunks (128 B) of weights in
+// flight, about 48-94 KB per SM, more than DRAM latency needs. Expected: both kernels bound
+// by DRAM plus launch latency rather than by staging, i.e. >= 50% of copy bandwidth there,
+// and Mixtral's combine (which reused x over 1-2 rows from L1) reusing it over 8.
 /// Threads per block are a multiple of 32 up to this many warps, sized so that the reduction's
 /// chunks are spread as evenly as the warp granularity allows.
 const MAX_WARPS: usize = 8;
