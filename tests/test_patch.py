@@ -291,6 +291,24 @@ def test_mixed_quantization_is_skipped_with_reason():
     assert all("mixed layer types" in s.reason for s in report.skipped)
 
 
+# Sizes for the CUDA parity models: every quantized layer's input width above the group
+# size (64). MLX-CUDA 0.32.4 sends a quantized matmul with K <= group_size to its sm90 CUTLASS
+# kernel, a path real models never take (K >= 2048); there the unpatched tiny models gave
+# garbage and illegal-address faults on the H100.
+CUDA_SIZES = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "moe_intermediate_size": 128,
+    "shared_expert_intermediate_size": 128,
+    "head_dim": 32,
+    "v_head_dim": 32,
+    "qk_nope_head_dim": 32,
+    "kv_lora_rank": 128,
+    "linear_key_head_dim": 32,
+    "linear_value_head_dim": 32,
+}
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("bits", [None, 4], ids=["dense", "q4"])
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16], ids=str)
@@ -300,7 +318,7 @@ def test_cuda_parity(family, dtype, bits):
     precision: the kernels round once from fp32 math where mlx-lm rounds every op (and MoE
     routing may then pick another expert on a near tie), so the patched model is held to the
     fp32 model: no further from it than the unpatched half-precision model."""
-    model = build(family, bits=bits)
+    model = build(family, bits=bits, **CUDA_SIZES)
     truth = model(PROMPT).astype(mx.float32)
     model.set_dtype(dtype)
     ref = model(PROMPT).astype(mx.float32)
