@@ -293,8 +293,9 @@ def test_mixed_quantization_is_skipped_with_reason():
 
 # Sizes for the CUDA parity models: every quantized layer's input width above the group
 # size (64). MLX-CUDA 0.32.4 sends a quantized matmul with K <= group_size to its sm90 CUTLASS
-# kernel, a path real models never take (K >= 2048); there the unpatched tiny models gave
-# garbage and illegal-address faults on the H100.
+# kernel, a path real models never take (K >= 2048). With K = 64 the unpatched tiny q4 models
+# gave garbage logits and illegal-address faults on the H100 (suspected cause; these sizes
+# are not yet run on the GPU).
 CUDA_SIZES = {
     "hidden_size": 128,
     "intermediate_size": 256,
