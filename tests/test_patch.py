@@ -349,6 +349,10 @@ def test_quantized_moe_blocks_take_moe_decode_unless_excluded():
     zmlx_rs.unpatch(model)
     counts = zmlx_rs.patch(model, exclude=["moe_decode"]).counts()
     assert counts["moe_block"] == 1 and "moe_decode" not in counts
+    # Experts the decode kernels cannot read (3-bit; unquantized) stay with moe_block.
+    for model in (build("qwen3_moe", bits=3), build("qwen3_moe")):
+        counts = zmlx_rs.patch(model).counts()
+        assert counts["moe_block"] == 1 and "moe_decode" not in counts
 
 
 def test_a_specialised_moe_block_can_take_the_patterns_place():
