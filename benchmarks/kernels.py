@@ -24,7 +24,7 @@ import mlx.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zmlx_rs
 from common import device_name, interleaved, median, ratio_stats, table, write_json
-from zmlx_rs import kernels
+from zmlx_rs import kernels, reference
 
 DT = mx.bfloat16
 # Distinct input sets per shape so that large cases stream from HBM, not L2.
@@ -91,7 +91,9 @@ Case = tuple[str, str, Callable[[], tuple], dict[str, Callable], Callable[[tuple
 
 def cases(quick: bool) -> list[Case]:
     out: list[Case] = []
-    tok = [("decode", 1), ("prefill", 512 if quick else 2048)]
+    # "batch 32": where the fixed per-call cost of a custom-kernel node stops dominating
+    # (the crossover against one compiled node lies between decode and prefill sizes).
+    tok = [("decode", 1), ("batch 32", 32), ("prefill", 512 if quick else 2048)]
     glu_shapes = [
         ("qwen3-30b-a3b", (8, 768)),
         ("mixtral-8x7b", (2, 14336)),
@@ -106,7 +108,14 @@ def cases(quick: bool) -> list[Case]:
                     f"swiglu {model} {phase}",
                     str(shape),
                     mk,
-                    {"mlx": mlx_swiglu, "compiled": mx.compile(mlx_swiglu), **ours(kernels.swiglu)},
+                    {
+                        "mlx": mlx_swiglu,
+                        "compiled": mx.compile(mlx_swiglu),
+                        # Our fp32-math reference, one compiled node: what the op could run
+                        # instead of the kernel where the kernel does not win.
+                        "reference": reference.swiglu,
+                        **ours(kernels.swiglu),
+                    },
                     lambda a: 3 * a[0].nbytes,
                 )
             )
@@ -120,6 +129,7 @@ def cases(quick: bool) -> list[Case]:
                     {
                         "mlx": mlx_swiglu_packed,
                         "compiled": mx.compile(mlx_swiglu_packed),
+                        "reference": reference.swiglu_packed,
                         **ours(kernels.swiglu_packed),
                     },
                     lambda a: a[0].nbytes * 3 // 2,
@@ -289,7 +299,7 @@ def main() -> None:
     rows, records = [], []
     for name, shape, make, variants, moved in cases(args.quick):
         sets = input_sets(make, sum(a.nbytes for a in make()))
-        n = 200 if "decode" in name else 10
+        n = 10 if "prefill" in name else 200
         calls = {v: partial(call_on, f, sets) for v, f in variants.items()}
         res = interleaved(calls, n=n, rounds=args.rounds)
         evals = {v: [e for _, e in ts] for v, ts in res.items()}
@@ -316,6 +326,7 @@ def main() -> None:
                 name,
                 shape,
                 *(f"{rec['eval_us'][v]:.1f}" for v in ("mlx", "compiled", "ours")),
+                f"{rec['eval_us'].get('reference', float('nan')):.1f}",
                 f"{rec['eval_us'].get('ours (grad)', float('nan')):.1f}",
                 f"{rec['build_us']['ours']:.1f}",
                 f"{speed['median']:.2f}x [{speed['min']:.2f}-{speed['max']:.2f}]",
@@ -345,6 +356,7 @@ def main() -> None:
                 "mlx us",
                 "compiled us",
                 "ours us",
+                "fp32 reference us",
                 "ours (grad) us",
                 "ours build us",
                 "speedup vs best MLX (median [min-max])",

@@ -9,7 +9,7 @@ launches of the catalog's kernels, on MLX-CUDA.
    path with an empty cache, and with a warm one.
 
 Writes benchmarks/results/precompiled.json and prints a table.
-    python benchmarks/precompiled.py [--rounds 20] [--model PATH_OR_REPO]
+    python benchmarks/precompiled.py [--rounds 20] [--model PATH_OR_REPO | synthetic:NAME]
 """
 
 from __future__ import annotations
@@ -150,12 +150,17 @@ COLD_SCRIPT = textwrap.dedent(
     model_path = sys.argv[2] if len(sys.argv) > 2 else None
     t_import = time.perf_counter()
     if model_path:
-        import mlx_lm
-        model, tok = mlx_lm.load(model_path)
+        if model_path.startswith("synthetic:"):
+            from zmlx_rs import synthetic
+            model = synthetic.build(model_path.removeprefix("synthetic:"))
+            prompt = mx.array([[9707]])
+        else:
+            import mlx_lm
+            model, tok = mlx_lm.load(model_path)
+            prompt = mx.array(tok.encode("Hello"))[None]
         t_load = time.perf_counter()
         if sys.argv[1] != "unpatched":
             zmlx_rs.patch(model)
-        prompt = mx.array(tok.encode("Hello"))[None]
         mx.eval(model(prompt))
     else:
         t_load = time.perf_counter()
@@ -212,7 +217,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--cold-repeats", type=int, default=3)
-    p.add_argument("--model", help="also time patch() + first token of this mlx-lm model")
+    p.add_argument(
+        "--model",
+        help="also time patch() + first token of this mlx-lm model (a path or repo), or of "
+        "a random-weight one: synthetic:NAME (a zmlx_rs.synthetic shape, e.g. the demo's "
+        "synthetic:qwen3-30b-a3b)",
+    )
     args = p.parse_args()
     if not mx.cuda.is_available():
         sys.exit("needs MLX-CUDA with a GPU")

@@ -45,6 +45,8 @@ CASES = [
     (lambda: kernels.moe_gating(f32(2, 1024), 2), ShapeError, "'logits'"),
     (lambda: kernels.moe_gating(mx.zeros((2, 8), mx.int32), 2), DTypeError, "'logits'"),
     (lambda: kernels.moe_gating(f32(2, 8), 2, mode="max"), ZmlxError, "'mode'"),
+    (lambda: kernels.moe_gating(f32(2, 8), 2, ties="low"), ZmlxError, "'ties'"),
+    (lambda: kernels.moe_gating(f32(2, 8), 2, ties=1), ZmlxError, "'ties'"),
     (lambda: kernels.moe_gating(f32(2, 8), 2, bias=f32(8)), ZmlxError, "'bias'"),
     (lambda: kernels.moe_gating(f32(2, 8), 2, mode="sigmoid", bias=f32(7)), ShapeError, "'bias'"),
     (lambda: kernels.moe_gating(f32(2, 8), 2, scale=float("nan")), ZmlxError, "'scale'"),

@@ -186,11 +186,30 @@ def test_moe_gating(rows, experts, k, mode):
         None if bias is None else [experts],
         None if bias is None else "float32",
         scale,
+        "lower",
     )
     scores, indices = run(launch, [logits] if bias is None else [logits, bias])
     want_s, want_i = ref.moe_gating(logits, k, mode=mode, bias=bias, scale=scale)
     np.testing.assert_array_equal(indices, np.array(want_i))
     close(scores, want_s, mx.float32)
+
+
+@pytest.mark.parametrize("mode", ["softmax", "topk_softmax"])
+def test_moe_gating_ties_follow_the_rule(mode):
+    """Logits drawn from four values over 40 experts tie everywhere: the picks must be
+    the top-k of (score, index) with the index ascending ("higher") or descending ("lower")
+    among equal scores, in descending order."""
+    rows, experts, k = 5, 40, 6
+    logits = mx.random.randint(0, 4, (rows, experts)).astype(mx.float32)
+    for ties in ("lower", "higher"):
+        launch = _native.plan_moe_gating(
+            [rows, experts], "float32", k, mode, True, None, None, 1.0, ties
+        )
+        _, indices = run(launch, [logits])
+        sign = 1 if ties == "higher" else -1
+        for row, got in zip(np.array(logits), indices, strict=True):
+            order = sorted(range(experts), key=lambda e: (row[e], sign * e), reverse=True)
+            assert list(got) == order[:k], (ties, row, got)
 
 
 def test_dropout_mask_is_a_function_of_key_and_position():

@@ -319,8 +319,10 @@ def test_moe_gating_ties_and_nan(device):
     idx = np.array(indices)
     assert all(len(set(row)) == 4 and max(row) < 32 for row in idx)
     np.testing.assert_allclose(np.array(scores), 0.25, rtol=1e-6)
-    if device == "gpu":  # the kernel breaks ties by the lower index and never picks NaN
+    if device == "gpu":  # the kernel breaks ties by the rule asked and never picks NaN
         assert idx.tolist() == [[0, 1, 2, 3]] * 3
+        _, high = kernels.moe_gating(logits, 4, ties="higher")
+        assert np.array(high).tolist() == [[31, 30, 29, 28]] * 3
         bad = mx.array([[float("nan"), 1.0, 0.5, float("nan")]])
         _, i = kernels.moe_gating(bad, 2, mode="topk_softmax")
         assert np.array(i).tolist() == [[1, 2]]

@@ -287,7 +287,7 @@ def test_precompiled_glu_matches_jit(dtype, precompiled_on):
 def test_precompiled_ops_match_jit(precompiled_on):
     gating_pre, gating_jit = both_paths("zmlx_moe_gating", _native.plan_moe_gating)
     logits = mx.random.normal((5, 128)).astype(mx.bfloat16)
-    args = ([5, 128], "bfloat16", 8, "softmax", True, None, None, 1.0)
+    args = ([5, 128], "bfloat16", 8, "softmax", True, None, None, 1.0, "higher")
     s1, i1 = gating_pre([logits], gating_pre.launch(("k",), *args))
     s2, i2 = gating_jit([logits], gating_jit.launch(("k",), *args))
     assert mx.array_equal(i1, i2).item() and mx.array_equal(s1, s2).item()

@@ -291,6 +291,25 @@ def test_mixed_quantization_is_skipped_with_reason():
     assert all("mixed layer types" in s.reason for s in report.skipped)
 
 
+# Sizes for the CUDA parity models: every quantized layer's input width above the group
+# size (64). MLX-CUDA 0.32.4 sends a quantized matmul with K <= group_size to its sm90 CUTLASS
+# kernel, a path real models never take (K >= 2048). With K = 64 the unpatched tiny q4 models
+# gave garbage logits and illegal-address faults on the H100 (suspected cause; these sizes
+# are not yet run on the GPU).
+CUDA_SIZES = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "moe_intermediate_size": 128,
+    "shared_expert_intermediate_size": 128,
+    "head_dim": 32,
+    "v_head_dim": 32,
+    "qk_nope_head_dim": 32,
+    "kv_lora_rank": 128,
+    "linear_key_head_dim": 32,
+    "linear_value_head_dim": 32,
+}
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("bits", [None, 4], ids=["dense", "q4"])
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16], ids=str)
@@ -300,7 +319,7 @@ def test_cuda_parity(family, dtype, bits):
     precision: the kernels round once from fp32 math where mlx-lm rounds every op (and MoE
     routing may then pick another expert on a near tie), so the patched model is held to the
     fp32 model: no further from it than the unpatched half-precision model."""
-    model = build(family, bits=bits)
+    model = build(family, bits=bits, **CUDA_SIZES)
     truth = model(PROMPT).astype(mx.float32)
     model.set_dtype(dtype)
     ref = model(PROMPT).astype(mx.float32)
@@ -330,6 +349,10 @@ def test_quantized_moe_blocks_take_moe_decode_unless_excluded():
     zmlx_rs.unpatch(model)
     counts = zmlx_rs.patch(model, exclude=["moe_decode"]).counts()
     assert counts["moe_block"] == 1 and "moe_decode" not in counts
+    # Experts the decode kernels cannot read (3-bit; unquantized) stay with moe_block.
+    for model in (build("qwen3_moe", bits=3), build("qwen3_moe")):
+        counts = zmlx_rs.patch(model).counts()
+        assert counts["moe_block"] == 1 and "moe_decode" not in counts
 
 
 def test_a_specialised_moe_block_can_take_the_patterns_place():

@@ -117,6 +117,7 @@ def plan_moe_gating(
     bias_shape: list[int] | None,
     bias_dtype: str | None,
     scale: float,
+    ties: str,
 ) -> Launch: ...
 def plan_gather_add(
     y_shape: list[int], y_dtype: str, scores_shape: list[int], scores_dtype: str

@@ -362,7 +362,13 @@ _MODES = ("softmax", "topk_softmax", "sigmoid")
 
 
 def _gating_launch(
-    logits: mx.array, k: int, mode: str, norm_topk: bool, bias: mx.array | None, scale: float
+    logits: mx.array,
+    k: int,
+    mode: str,
+    norm_topk: bool,
+    bias: mx.array | None,
+    scale: float,
+    ties: str,
 ) -> _Launch:
     kernel = _GATING if bias is None else _GATING_BIASED
     try:
@@ -374,6 +380,7 @@ def _gating_launch(
             norm_topk,
             None if bias is None else (bias.shape, bias.dtype),
             scale,
+            ties,
         )
         got = kernel._launches.get(key)
     except (AttributeError, TypeError):
@@ -386,13 +393,24 @@ def _gating_launch(
         raise _native.ZmlxError(f"moe_gating(): 'scale' must be a float, got {scale!r}")
     if not isinstance(mode, str):
         raise _native.ZmlxError(f"moe_gating(): 'mode' must be one of {_MODES}, got {mode!r}")
+    if not isinstance(ties, str):
+        raise _native.ZmlxError(f"moe_gating(): 'ties' must be 'lower' or 'higher', got {ties!r}")
     l_dtype = _dtype_name(logits, "logits", "moe_gating")
     b_shape = b_dtype = None
     if bias is not None:
         b_dtype = _dtype_name(bias, "bias", "moe_gating")
         b_shape = list(bias.shape)
     return kernel.launch(
-        key, list(logits.shape), l_dtype, k, mode, bool(norm_topk), b_shape, b_dtype, float(scale)
+        key,
+        list(logits.shape),
+        l_dtype,
+        k,
+        mode,
+        bool(norm_topk),
+        b_shape,
+        b_dtype,
+        float(scale),
+        ties,
     )
 
 
@@ -424,6 +442,7 @@ def moe_gating(
     norm_topk: bool = True,
     bias: mx.array | None = None,
     scale: float = 1.0,
+    ties: str = "lower",
     differentiable: bool = True,
 ) -> tuple[mx.array, mx.array]:
     """Router logits (..., n_experts) -> (scores, indices), each (..., k), in one kernel.
@@ -437,10 +456,14 @@ def moe_gating(
       deepseek_v3 with n_group == 1). Scores are float32 in this mode.
 
     Every mode multiplies scores by ``scale``. Indices are uint32, ordered by descending
-    selection score, ties to the lower expert index. Scores are differentiable in logits
-    unless ``differentiable=False`` (see :func:`swiglu`).
+    selection score. ``ties`` says which expert index wins equal selection scores, as the
+    family's mlx-lm line does on MLX-CUDA (a stable sort): ``"higher"`` for
+    ``argpartition(g)[..., -k:]`` (qwen3_moe, qwen3_next, gpt_oss, granitemoe), ``"lower"`` for
+    ``argpartition(-g)[..., :k]`` (mixtral, qwen2_moe, glm4_moe, deepseek_v3); without CUDA
+    the MLX reference picks as MLX's own argpartition does there. Scores are differentiable in
+    logits unless ``differentiable=False`` (see :func:`swiglu`).
     """
-    launch = _gating_launch(logits, k, mode, norm_topk, bias, scale)
+    launch = _gating_launch(logits, k, mode, norm_topk, bias, scale, ties)
     if _backend.on_cuda():
         if not differentiable:
             if bias is None:

@@ -70,9 +70,37 @@ impl Mode {
     }
 }
 
+/// Which expert wins when two have the same selection score. mlx-lm picks with
+/// `argpartition`, which MLX-CUDA computes as a stable ascending sort: `argpartition(g)[-k:]`
+/// (qwen3_moe, qwen3_next, gpt_oss, granitemoe) keeps the higher index of a tie,
+/// `argpartition(-g)[:k]` (mixtral, qwen2_moe, glm4_moe, deepseek_v3) the lower. Selection
+/// scores tie often in bf16 (128 softmax probabilities near 1/128 share few values), and a
+/// different expert is a large change in the block's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ties {
+    Lower,
+    Higher,
+}
+
+impl Ties {
+    pub fn parse(name: &str) -> Result<Ties> {
+        match name {
+            "lower" => Ok(Ties::Lower),
+            "higher" => Ok(Ties::Higher),
+            other => Err(Error::value(
+                OP,
+                "ties",
+                "'lower' or 'higher'",
+                format!("'{other}'"),
+            )),
+        }
+    }
+}
+
 /// The bias argument's shape and dtype, when one is given.
 pub type BiasSpec<'a> = Option<(&'a [usize], DType)>;
 
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     logits: &[usize],
     dtype: DType,
@@ -81,6 +109,7 @@ pub fn plan(
     norm_topk: bool,
     bias: BiasSpec,
     scale: f64,
+    ties: Ties,
 ) -> Result<Launch> {
     require_float(OP, "logits", dtype)?;
     require_rank(
@@ -154,6 +183,7 @@ pub fn plan(
             ("K", TemplateArg::Int(k as i32)),
             ("MODE", TemplateArg::Int(mode.code())),
             ("NORM", TemplateArg::Bool(norm_topk)),
+            ("TIE_HIGH", TemplateArg::Bool(ties == Ties::Higher)),
             (
                 "SCALE_BITS",
                 TemplateArg::Int((scale as f32).to_bits() as i32),
@@ -172,7 +202,17 @@ mod tests {
 
     #[test]
     fn one_warp_per_row() {
-        let l = plan(&[1, 128], DType::BF16, 8, Mode::Softmax, true, None, 1.0).unwrap();
+        let l = plan(
+            &[1, 128],
+            DType::BF16,
+            8,
+            Mode::Softmax,
+            true,
+            None,
+            1.0,
+            Ties::Lower,
+        )
+        .unwrap();
         assert_eq!((l.grid, l.threadgroup), ([32, 1, 1], [32, 1, 1]));
         assert_eq!(l.output_shapes, vec![vec![1, 8], vec![1, 8]]);
         assert_eq!(l.output_dtypes, vec![DType::BF16, DType::U32]);
@@ -184,34 +224,94 @@ mod tests {
             true,
             Some((&[60], DType::F32)),
             2.5,
+            Ties::Lower,
         )
         .unwrap();
         assert_eq!((l.grid[0], l.threadgroup[0]), (21 * 32, 96));
         assert_eq!(l.output_dtypes[0], DType::F32);
         assert_eq!(l.kernel.name, "zmlx_moe_gating_biased");
+        let high = plan(
+            &[1, 8],
+            DType::F32,
+            2,
+            Mode::Softmax,
+            true,
+            None,
+            1.0,
+            Ties::Higher,
+        );
+        assert!(high
+            .unwrap()
+            .template
+            .contains(&("TIE_HIGH", TemplateArg::Bool(true))));
     }
 
     #[test]
     fn bad_arguments_are_named() {
         let cases: Vec<(Result<Launch>, &str)> = vec![
             (
-                plan(&[2, 8], DType::F32, 0, Mode::Softmax, true, None, 1.0),
+                plan(
+                    &[2, 8],
+                    DType::F32,
+                    0,
+                    Mode::Softmax,
+                    true,
+                    None,
+                    1.0,
+                    Ties::Lower,
+                ),
                 "k",
             ),
             (
-                plan(&[2, 8], DType::F32, 9, Mode::Softmax, true, None, 1.0),
+                plan(
+                    &[2, 8],
+                    DType::F32,
+                    9,
+                    Mode::Softmax,
+                    true,
+                    None,
+                    1.0,
+                    Ties::Lower,
+                ),
                 "k",
             ),
             (
-                plan(&[2, 64], DType::F32, 17, Mode::Softmax, true, None, 1.0),
+                plan(
+                    &[2, 64],
+                    DType::F32,
+                    17,
+                    Mode::Softmax,
+                    true,
+                    None,
+                    1.0,
+                    Ties::Lower,
+                ),
                 "k",
             ),
             (
-                plan(&[2, 1024], DType::F32, 2, Mode::Softmax, true, None, 1.0),
+                plan(
+                    &[2, 1024],
+                    DType::F32,
+                    2,
+                    Mode::Softmax,
+                    true,
+                    None,
+                    1.0,
+                    Ties::Lower,
+                ),
                 "logits",
             ),
             (
-                plan(&[2, 8], DType::I32, 2, Mode::Softmax, true, None, 1.0),
+                plan(
+                    &[2, 8],
+                    DType::I32,
+                    2,
+                    Mode::Softmax,
+                    true,
+                    None,
+                    1.0,
+                    Ties::Lower,
+                ),
                 "logits",
             ),
             (
@@ -223,6 +323,7 @@ mod tests {
                     true,
                     Some((&[8], DType::F32)),
                     1.0,
+                    Ties::Lower,
                 ),
                 "bias",
             ),
@@ -235,6 +336,7 @@ mod tests {
                     true,
                     Some((&[7], DType::F32)),
                     1.0,
+                    Ties::Lower,
                 ),
                 "bias",
             ),
@@ -247,6 +349,7 @@ mod tests {
                     true,
                     None,
                     f64::INFINITY,
+                    Ties::Lower,
                 ),
                 "scale",
             ),
@@ -256,5 +359,7 @@ mod tests {
             assert!(e.to_string().contains(&format!("'{arg}'")), "{e}");
         }
         assert!(Mode::parse("softmax_topk").is_err());
+        let e = Ties::parse("low").unwrap_err().to_string();
+        assert!(e.contains("'ties'") && e.contains("'low'"), "{e}");
     }
 }

@@ -213,9 +213,12 @@ pub fn specialisations() -> Vec<Specialisation> {
                 moe_gating::Mode::TopkSoftmax,
                 moe_gating::Mode::Sigmoid,
             ] {
-                for norm in [true, false] {
+                for (norm, ties) in [
+                    (true, moe_gating::Ties::Lower),
+                    (false, moe_gating::Ties::Higher),
+                ] {
                     add(
-                        moe_gating::plan(&[3, experts], dt, k, mode, norm, None, 1.0),
+                        moe_gating::plan(&[3, experts], dt, k, mode, norm, None, 1.0, ties),
                         vec![dt],
                     );
                 }
@@ -230,6 +233,7 @@ pub fn specialisations() -> Vec<Specialisation> {
                     true,
                     bias,
                     2.5,
+                    moe_gating::Ties::Lower,
                 ),
                 vec![dt, DType::F32],
             );

@@ -179,7 +179,7 @@ fn plan_dropout(
 }
 
 #[pyfunction]
-#[pyo3(signature = (logits_shape, logits_dtype, k, mode, norm_topk, bias_shape, bias_dtype, scale))]
+#[pyo3(signature = (logits_shape, logits_dtype, k, mode, norm_topk, bias_shape, bias_dtype, scale, ties))]
 #[allow(clippy::too_many_arguments)]
 fn plan_moe_gating(
     logits_shape: Vec<usize>,
@@ -190,8 +190,10 @@ fn plan_moe_gating(
     bias_shape: Option<Vec<usize>>,
     bias_dtype: Option<&str>,
     scale: f64,
+    ties: &str,
 ) -> PyResult<Launch> {
     let mode = moe_gating::Mode::parse(mode)?;
+    let ties = moe_gating::Ties::parse(ties)?;
     let logits = dtype("moe_gating", "logits", logits_dtype)?;
     let bias = match (&bias_shape, bias_dtype) {
         (Some(shape), Some(d)) => Some((shape.as_slice(), dtype("moe_gating", "bias", d)?)),
@@ -205,6 +207,7 @@ fn plan_moe_gating(
         norm_topk,
         bias,
         scale,
+        ties,
     ))
 }
 

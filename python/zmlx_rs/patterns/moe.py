@@ -105,6 +105,8 @@ class Routing:
     mode: str = "softmax"
     norm_topk: bool = False
     scale: float = 1.0
+    # Which index mlx-lm's argpartition keeps on a tie on MLX-CUDA (see kernels.moe_gating).
+    ties: str = "lower"
     router_is_weight: bool = False  # glm4_moe / deepseek_v3: logits = x @ gate.weight.T
     use_module_router: bool = False
     gated_shared_expert: bool = False  # qwen2_moe / qwen3_next: sigmoid(gate(x)) * expert(x)
@@ -122,6 +124,8 @@ def _softmax_routing(block: nn.Module) -> Routing:
         k=block.top_k,
         norm_topk=bool(getattr(block, "norm_topk_prob", False)),
         gated_shared_expert="shared_expert" in block,
+        # qwen3_moe / qwen3_next: argpartition(gates)[..., -k:]; qwen2_moe negates the gates.
+        ties="lower" if isinstance(block, qwen2_moe.Qwen2MoeSparseMoeBlock) else "higher",
     )
 
 
@@ -146,7 +150,11 @@ _ROUTING = {
     deepseek_v3.DeepseekV3MoE: _sigmoid_routing,
     # Its experts' clamped SwiGLU stays as is (moe_experts skips it); routing and combine fuse.
     gpt_oss.MLPBlock: lambda b: Routing(
-        k=b.num_experts_per_tok, mode="topk_softmax", router="router", experts="experts"
+        k=b.num_experts_per_tok,
+        mode="topk_softmax",
+        ties="higher",
+        router="router",
+        experts="experts",
     ),
 }
 _CHILDREN = (
@@ -199,6 +207,7 @@ class FusedMoEBlock(Fused):
                 norm_topk=r.norm_topk,
                 bias=self.gate.e_score_correction_bias,
                 scale=r.scale,
+                ties=r.ties,
                 differentiable=self.training,
             )
         return kernels.moe_gating(
@@ -206,6 +215,7 @@ class FusedMoEBlock(Fused):
             r.k,
             mode=r.mode,
             norm_topk=r.norm_topk,
+            ties=r.ties,
             differentiable=self.training,
         )
 

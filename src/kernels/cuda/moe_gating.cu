@@ -4,8 +4,8 @@
   // MODE 1: top-k on the logits, softmax over the k picked.
   // MODE 2: sigmoid in fp32, top-k on sigmoid + bias, scores from the unbiased sigmoid,
   //         optionally renormalised. Every mode then multiplies by the scale.
-  // Ties go to the lower expert index; NaN logits never win. The launch has exactly one
-  // warp per row.
+  // Ties go to the higher expert index if TIE_HIGH, else the lower (as the family's mlx-lm
+  // argpartition on MLX-CUDA); NaN logits never win. The launch has exactly one warp per row.
   constexpr int PER = (E + 31) / 32;
   const float scale = __int_as_float(SCALE_BITS);
   const long long row = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
@@ -58,13 +58,14 @@
   float my_val = 0.0f;
   for (int r = 0; r < K; ++r) {
     float best = ZM_NEG_INF;
-    int best_e = 0x7fffffff;
+    int best_e = TIE_HIGH ? -1 : 0x7fffffff;
     float best_val = 0.0f;
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
       const int e = lane + 32 * j;
       const bool open = e < E && !((taken >> j) & 1u);
-      if (open && (rank[j] > best || (rank[j] == best && e < best_e))) {
+      const bool wins_tie = TIE_HIGH ? e > best_e : e < best_e;
+      if (open && (rank[j] > best || (rank[j] == best && wins_tie))) {
         best = rank[j];
         best_e = e;
         best_val = val[j];
@@ -75,7 +76,7 @@
       const float o = __shfl_xor_sync(zm::kFullMask, best, off);
       const int oe = __shfl_xor_sync(zm::kFullMask, best_e, off);
       const float ov = __shfl_xor_sync(zm::kFullMask, best_val, off);
-      if (o > best || (o == best && oe < best_e)) {
+      if (o > best || (o == best && (TIE_HIGH ? oe > best_e : oe < best_e))) {
         best = o;
         best_e = oe;
         best_val = ov;
