@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwiGLU, SwitchGLU
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 
 from zmlx_rs import _backend, kernels
-from zmlx_rs.patterns.moe import _ROUTING, FusedMoEBlock, FusedSwitchGLU, MoEBlock
+from zmlx_rs.patterns._base import OK
+from zmlx_rs.patterns.moe import _ROUTING, FusedMoEBlock, FusedSwitchGLU, MoEBlock, MoEExperts
 
 __all__ = ["DECODE_MAX_PAIRS", "FusedMoEDecodeBlock", "MoEDecode"]
 
 # The kernels read each selected expert once per (token, k) pair; past this many pairs the
 # sorted gather_qmm, which reads an expert once for all its tokens, wins.
 DECODE_MAX_PAIRS = 64
+# The experts' packing (gate|up into one stack) is moe_experts' job: ask it.
+_MOE_EXPERTS = MoEExperts()
 
 
 def _kernel_weights(proj: nn.Module) -> bool:
@@ -51,12 +54,8 @@ def _kernel_experts(mlp: nn.Module) -> bool:
 
 def _packable_experts(mlp: nn.Module) -> bool:
     """Whether `moe_experts` will pack these (unpatched) experts into ones the kernels take."""
-    if type(mlp) is not SwitchGLU or type(mlp.activation) is not SwiGLU:
-        return False
-    gate, up, down = mlp.gate_proj, mlp.up_proj, mlp.down_proj
-    return all(_kernel_weights(p) for p in (gate, up, down)) and (gate.bits, gate.group_size) == (
-        up.bits,
-        up.group_size,
+    return _MOE_EXPERTS.matches(mlp, "") == OK and all(
+        _kernel_weights(p) for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
     )
 
 
