@@ -61,34 +61,25 @@ def _experts(n, rows, cols, bits, gs, dtype):
     return q, s, b
 
 
-def _variant(launch, rows: int, warps: int, rows_per_warp: int):
-    """`launch` retiled: `warps` warps per block, `rows_per_warp` output rows per warp."""
+def _variant(launch, rows: int, warps: int, rows_per_block: int, rows_arg: str):
+    """`launch` retiled: `warps` warps per block splitting the reduction, `rows_per_block`
+    outputs per block (template argument `rows_arg`)."""
     v = copy.copy(launch)
-    v.template = [
-        (n, warps if n == "WARPS" else rows_per_warp if n == "R" else x) for n, x in launch.template
-    ]
-    blocks = -(-rows // (warps * rows_per_warp))
+    tiles = {"WARPS": warps, rows_arg: rows_per_block}
+    v.template = [(n, tiles.get(n, x)) for n, x in launch.template]
+    blocks = -(-rows // rows_per_block)
     v.grid = (blocks * warps * 32, launch.grid[1], 1)
     v.threadgroup = (warps * 32, 1, 1)
     return v
 
 
 def sweep_tiles(up, down, xs, picks, scores, acts, d, inter, gs, bits, rounds):
-    """Time per call of each (warps per block, rows per warp) tiling of both kernels."""
+    """Time per call of each (warps per block, outputs per block) tiling of both kernels; the
+    planner's own choice is among them."""
     rows = []
-    for op, kernel, n_rows, tiles in (
-        (
-            "gather_qmv_swiglu",
-            kernels._QMV_SWIGLU,
-            inter,
-            [(8, 2), (4, 2), (8, 1), (4, 1), (8, 4), (4, 4)],
-        ),
-        (
-            "gather_qmv_combine",
-            kernels._QMV_COMBINE,
-            d,
-            [(8, 1), (4, 1), (8, 2), (4, 2), (16, 1), (2, 1)],
-        ),
+    for op, kernel, n_rows, rows_arg in (
+        ("gather_qmv_swiglu", kernels._QMV_SWIGLU, inter, "JB"),
+        ("gather_qmv_combine", kernels._QMV_COMBINE, d, "RB"),
     ):
         if op == "gather_qmv_swiglu":
             base = kernels._qmv_swiglu_launch(xs[0], picks[0], *up, gs, bits)
@@ -96,10 +87,23 @@ def sweep_tiles(up, down, xs, picks, scores, acts, d, inter, gs, bits, rounds):
         else:
             base = kernels._qmv_combine_launch(acts[0], picks[0], scores[0], *down, gs, bits)
             inputs = [[a, i, s, *down] for a, i, s in zip(acts, picks, scores, strict=True)]
-        for warps, r in tiles:
-            v = _variant(base, n_rows, warps, r)
+        planned = dict(base.template)
+        w0, r0 = planned["WARPS"], planned[rows_arg]
+        tiles = {(w0, r0)}
+        tiles |= {(w, r0) for w in (max(w0 // 2, 1), w0 * 2) if w <= 32}
+        tiles |= {(w0, r) for r in (max(r0 // 2, 1), r0 * 2)}
+        for warps, r in sorted(tiles):
+            v = _variant(base, n_rows, warps, r, rows_arg)
             t = _timed(lambda v=v, f=kernel, ins=inputs: [f(i, v)[0] for i in ins], rounds)
-            rows.append({"op": op, "warps": warps, "rows_per_warp": r, "us": t * 1e6})
+            rows.append(
+                {
+                    "op": op,
+                    "warps": warps,
+                    "rows_per_block": r,
+                    "planned": (warps, r) == (w0, r0),
+                    "us": t * 1e6,
+                }
+            )
     return rows
 
 
@@ -209,8 +213,9 @@ def main() -> None:
 
     for r in sweeps:
         print(
-            f"  tiling {r['shape']:<15}{r['op']:<20} warps {r['warps']:>2} rows/warp "
-            f"{r['rows_per_warp']}: {r['us']:7.1f} us {r['GBps']:6.0f} GB/s"
+            f"  tiling {r['shape']:<15}{r['op']:<20} warps {r['warps']:>2} outputs/block "
+            f"{r['rows_per_block']}: {r['us']:7.1f} us {r['GBps']:6.0f} GB/s"
+            f"{' (planned)' if r['planned'] else ''}"
         )
 
 

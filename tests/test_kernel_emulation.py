@@ -222,19 +222,39 @@ def test_dropout_mask_is_a_function_of_key_and_position():
     np.testing.assert_allclose(full[kept], 2 * np.array(x)[kept], rtol=1e-6)
 
 
+# (tokens, D, I, experts, k, bits, group_size, dtype): k = 1 to 8, 4- and 8-bit, groups
+# 32/64/128, several tokens, reductions that leave threads idle in their last step
+# (swiglu 260 chunks, combine 288), blocks of 1 to 8 rows, and Qwen3-30B-A3B's D and I with
+# k = 8 (fewer experts, for the CPU reference). The reference runs in fp32: MLX's CPU
+# gather_qmm accumulates half precision in half precision.
+QMV_CASES = [
+    (1, 256, 128, 8, 2, 4, 64, mx.float32),
+    (3, 384, 128, 16, 3, 8, 32, mx.float32),
+    (2, 320, 96, 4, 1, 4, 32, mx.float32),
+    (1, 512, 256, 8, 8, 8, 128, mx.float16),
+    (2, 4160, 64, 4, 2, 8, 32, mx.float32),
+    (1, 256, 1152, 6, 4, 8, 64, mx.float32),
+    (2, 640, 256, 16, 6, 4, 128, mx.float16),
+    (1, 2048, 768, 10, 8, 4, 64, mx.float16),
+]
+
+
 @pytest.mark.parametrize(
-    ("tokens", "d", "inter", "experts", "k", "bits", "group_size"),
-    [(1, 256, 128, 8, 2, 4, 64), (3, 384, 128, 16, 3, 8, 32)],
+    ("tokens", "d", "inter", "experts", "k", "bits", "group_size", "dtype"), QMV_CASES, ids=str
 )
-def test_quantized_moe_decode(tokens, d, inter, experts, k, bits, group_size):
-    x = mx.random.normal((tokens, d))
+def test_quantized_moe_decode(tokens, d, inter, experts, k, bits, group_size, dtype):
+    x = mx.random.normal((tokens, d)).astype(dtype)
     indices = mx.argsort(mx.random.uniform(shape=(tokens, experts)), axis=-1)[:, :k]
-    indices = indices.astype(mx.uint32)
-    scores = mx.softmax(mx.random.normal((tokens, k)), axis=-1)
+    # The kernels clamp an out-of-range expert (token 0's last pick) to the last one.
+    last = (mx.arange(tokens)[:, None] == 0) & (mx.arange(k) == k - 1)
+    wild = mx.where(last, experts + 7, indices).astype(mx.uint32)
+    indices = mx.where(last, experts - 1, indices).astype(mx.uint32)
+    scores = mx.softmax(mx.random.normal((tokens, k)), axis=-1).astype(dtype)
 
     def quantized(rows, cols):
         w = mx.random.normal((experts, rows, cols)) * cols**-0.5
-        return mx.quantize(w, group_size=group_size, bits=bits)
+        packed, scales, biases = mx.quantize(w, group_size=group_size, bits=bits)
+        return packed, scales.astype(dtype), biases.astype(dtype)
 
     gate_up, down = quantized(2 * inter, d), quantized(d, inter)
     q = {"group_size": group_size, "bits": bits}
@@ -242,14 +262,18 @@ def test_quantized_moe_decode(tokens, d, inter, experts, k, bits, group_size):
     def spec(a):
         return list(a.shape), _name(a)
 
+    def f32(arrays):
+        return [a if a.dtype == mx.uint32 else a.astype(mx.float32) for a in arrays]
+
     launch = _native.plan_gather_qmv_swiglu(
-        spec(x), spec(indices), *map(spec, gate_up), bits, group_size
+        spec(x), spec(wild), *map(spec, gate_up), bits, group_size
     )
-    (act,) = run(launch, [x, indices, *gate_up])
-    want_act = ref.gather_qmv_swiglu(x, indices, *gate_up, **q)
-    close(act, want_act, mx.float32)
+    (act,) = run(launch, [x, wild, *gate_up])
+    want_act = ref.gather_qmv_swiglu(*f32([x, indices, *gate_up]), **q)
+    close(act, want_act, dtype)
+    act = want_act.astype(dtype)
     launch = _native.plan_gather_qmv_combine(
-        spec(want_act), spec(indices), spec(scores), *map(spec, down), bits, group_size
+        spec(act), spec(wild), spec(scores), *map(spec, down), bits, group_size
     )
-    (out,) = run(launch, [want_act, indices, scores, *down])
-    close(out, ref.gather_qmv_combine(want_act, indices, scores, *down, **q), mx.float32)
+    (out,) = run(launch, [act, wild, scores, *down])
+    close(out, ref.gather_qmv_combine(*f32([act, indices, scores, *down]), **q), dtype)

@@ -183,6 +183,19 @@ def test_kernels_take_int32_indices_and_fp32_scores():
 
 
 @pytest.mark.cuda
+def test_out_of_range_experts_are_clamped():
+    x, inds, scores, up, down = _case(2, 512, 128, 8, 2, 4, 64, mx.bfloat16)
+    last = (mx.arange(2)[:, None] == 0) & (mx.arange(2) == 1)
+    clamped = mx.where(last, 7, inds).astype(mx.uint32)
+    wild = mx.where(last, 1000, inds).astype(mx.uint32)
+    act = kernels.gather_qmv_swiglu(x, wild, *up, group_size=64, bits=4)
+    _close(act, ref.gather_qmv_swiglu(x, clamped, *up, group_size=64, bits=4), mx.bfloat16)
+    out = kernels.gather_qmv_combine(act, wild, scores, *down, group_size=64, bits=4)
+    want = ref.gather_qmv_combine(act, clamped, scores, *down, group_size=64, bits=4)
+    _close(out, want, mx.bfloat16)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "glm4_moe"])
 def test_pattern_decode_uses_the_kernels(family, monkeypatch):
     # bf16, as served (MLX-CUDA does not JIT fp32 quantized matmuls on the pip CUDA headers).

@@ -33,10 +33,32 @@ pub const GROUP_SIZES: [usize; 3] = [32, 64, 128];
 pub const MAX_K: usize = 16;
 /// (token, k) pairs ride on the grid's y axis.
 pub const MAX_PAIRS: usize = 65_535;
-const WARPS: usize = 8;
-/// The vector a block dots with stays in shared memory (fp32 plus one sum per 16-byte chunk)
-/// up to this many bytes; past it, lanes read it through L1 instead.
-const STAGE_BYTES: usize = 46 * 1024;
+// Geometry (both kernels): a block owns a few output rows of one (token, k) pair or token and
+// splits their dot products' 16-byte weight chunks over its threads (split-K); each thread
+// loads the matching x chunk once, straight from global memory, keeps it in registers and
+// reuses it for every row of the block, then the block adds its warps' partial sums in shared
+// memory. The first design gave each warp its own rows and staged x in shared memory per
+// block: at one token that re-read x from shared memory per row (fp32, 8x the weight bytes),
+// and the combine staged all K * I activations (24 KiB at Qwen3-30B-A3B) in each block for 8
+// output rows, a staging pass as long as the work, behind a barrier; on an H200 the kernels
+// reached 35% (swiglu) and 16% (combine) of copy bandwidth at that shape. Now x costs one
+// L1/L2 read per block, each thread issues all of a step's loads before their first use (one
+// DRAM latency per step, no barrier before the arithmetic), and dequantisation takes three
+// instructions per value instead of four (qmv.cuh). At Qwen3-30B-A3B one token gives the
+// swiglu 1536 blocks of 2 warps (4 gate + 4 up rows each) and the combine 256 blocks of 6
+// warps (8 outputs, one chunk per thread); each thread has 8 chunks (128 B) of weights in
+// flight, about 48-94 KB per SM, more than DRAM latency needs. Expected: both kernels bound
+// by DRAM plus launch latency rather than by staging, i.e. >= 50% of copy bandwidth there,
+// and Mixtral's combine (which reused x over 1-2 rows from L1) reusing it over 8.
+/// Threads per block are a multiple of 32 up to this many warps, sized so that the reduction's
+/// chunks are spread as evenly as the warp granularity allows.
+const MAX_WARPS: usize = 8;
+/// Most output rows a block owns: each thread keeps this many 16-byte weight chunks (plus
+/// their scales and biases) in flight, which is enough to cover DRAM latency.
+const MAX_BLOCK_ROWS: usize = 8;
+/// Blocks a launch keeps if it can, by giving each block fewer rows: two per SM of a 132-SM
+/// H100/H200 (within a few percent), so that a single decode token still fills the device.
+const MIN_BLOCKS: usize = 256;
 
 /// Quantisation of the expert weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,16 +172,27 @@ fn check_indices(op: &'static str, (shape, dtype): ArraySpec, lead: &[usize]) ->
     Ok(k)
 }
 
-/// Whether a block keeps the `n`-value vector it dots with in shared memory.
-fn staged(n: usize, q: Quant) -> bool {
-    let chunks = n * q.bits / 128;
-    (n + chunks) * 4 <= STAGE_BYTES
+/// Warps per block for a reduction over `chunks` 16-byte chunks: as few steps as
+/// MAX_WARPS allows, then as few warps as cover them in that many steps (Mixtral's 896 chunks
+/// take 4 steps of 7 warps rather than 4 steps of 8 with half of the last idle).
+fn warps_for(chunks: usize) -> usize {
+    let steps = chunks.div_ceil(MAX_WARPS * 32);
+    chunks.div_ceil(32 * steps)
 }
 
-fn grid(rows: usize, rows_per_warp: usize, y: usize) -> ([u32; 3], [u32; 3]) {
-    let rows_per_block = WARPS * rows_per_warp;
+/// Rows per block: the most (a power of two up to `max_rows`) that still leave MIN_BLOCKS
+/// blocks for `rows` rows of each of `y` (token or pair) slices.
+fn rows_per_block(rows: usize, y: usize, max_rows: usize) -> usize {
+    let mut r = max_rows;
+    while r > 1 && rows.div_ceil(r) * y < MIN_BLOCKS {
+        r /= 2;
+    }
+    r
+}
+
+fn grid(rows: usize, rows_per_block: usize, warps: usize, y: usize) -> ([u32; 3], [u32; 3]) {
     let blocks = rows.div_ceil(rows_per_block);
-    let threads = (WARPS * 32) as u32;
+    let threads = (warps * 32) as u32;
     ([blocks as u32 * threads, y as u32, 1], [threads, 1, 1])
 }
 
@@ -207,8 +240,10 @@ pub fn plan_swiglu(
     }
     let inter = rows / 2;
     let pairs = numel(indices.0);
-    const R: usize = 2;
-    let (grid, threadgroup) = grid(inter, R, pairs);
+    // A block's rows are JB gate rows and the JB matching up rows.
+    let jb = rows_per_block(inter, pairs, MAX_BLOCK_ROWS / 2);
+    let warps = warps_for(d * q.bits / 128);
+    let (grid, threadgroup) = grid(inter, jb, warps, pairs);
     let mut out = indices.0.to_vec();
     out.push(inter);
     Ok(Launch {
@@ -222,9 +257,8 @@ pub fn plan_swiglu(
             ("I", TemplateArg::Int(inter as i32)),
             ("K", TemplateArg::Int(k as i32)),
             ("E", TemplateArg::Int(n_experts as i32)),
-            ("R", TemplateArg::Int(R as i32)),
-            ("WARPS", TemplateArg::Int(WARPS as i32)),
-            ("XS", TemplateArg::Bool(staged(d, q))),
+            ("JB", TemplateArg::Int(jb as i32)),
+            ("WARPS", TemplateArg::Int(warps as i32)),
         ],
         grid,
         threadgroup,
@@ -302,9 +336,9 @@ pub fn plan_combine(
             shape_str(a_shape),
         ));
     }
-    // One token leaves few blocks: a warp per output row keeps every SM streaming.
-    let r = if tokens * d >= 8192 { 2 } else { 1 };
-    let (grid, threadgroup) = grid(d, r, tokens);
+    let rb = rows_per_block(d, tokens, MAX_BLOCK_ROWS);
+    let warps = warps_for(k * inter * q.bits / 128);
+    let (grid, threadgroup) = grid(d, rb, warps, tokens);
     let mut out = lead.to_vec();
     out.push(d);
     Ok(Launch {
@@ -318,9 +352,8 @@ pub fn plan_combine(
             ("I", TemplateArg::Int(inter as i32)),
             ("K", TemplateArg::Int(k as i32)),
             ("E", TemplateArg::Int(n_experts as i32)),
-            ("R", TemplateArg::Int(r as i32)),
-            ("WARPS", TemplateArg::Int(WARPS as i32)),
-            ("XS", TemplateArg::Bool(staged(k * inter, q))),
+            ("RB", TemplateArg::Int(rb as i32)),
+            ("WARPS", TemplateArg::Int(warps as i32)),
         ],
         grid,
         threadgroup,
@@ -357,8 +390,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.output_shapes, vec![vec![1, 1, 8, 768]]);
-        assert_eq!(l.grid, [48 * 256, 8, 1]);
-        assert_eq!(template(&l, "XS"), TemplateArg::Bool(true));
+        // 4 gate + 4 up rows per block, 64 chunks a row over 2 warps: 1536 blocks.
+        assert_eq!(l.grid, [192 * 64, 8, 1]);
+        assert_eq!(template(&l, "JB"), TemplateArg::Int(4));
+        assert_eq!(template(&l, "WARPS"), TemplateArg::Int(2));
         let l = plan_combine(
             (&[1, 1, 8, 768], DType::BF16),
             (&[1, 1, 8], DType::U32),
@@ -369,12 +404,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.output_shapes, vec![vec![1, 1, 2048]]);
-        assert_eq!(l.grid, [256 * 256, 1, 1]);
-        assert_eq!(template(&l, "R"), TemplateArg::Int(1));
+        // 8 outputs per block, 8 * 24 chunks over 6 warps: 256 blocks.
+        assert_eq!(l.grid, [256 * 192, 1, 1]);
+        assert_eq!(template(&l, "RB"), TemplateArg::Int(8));
+        assert_eq!(template(&l, "WARPS"), TemplateArg::Int(6));
     }
 
     #[test]
-    fn large_vectors_are_read_through_l1() {
+    fn small_launches_give_blocks_fewer_rows() {
+        // 3 pairs of I = 128: 4 outputs per block would leave 96 blocks.
+        let l = plan_swiglu(
+            (&[1, 384], DType::F32),
+            (&[1, 3], DType::U32),
+            experts(&[16, 256, 48], &[16, 256, 12], DType::F32),
+            4,
+            32,
+        )
+        .unwrap();
+        assert_eq!(template(&l, "JB"), TemplateArg::Int(1));
+        assert_eq!(template(&l, "WARPS"), TemplateArg::Int(1));
+        assert_eq!(l.grid, [128 * 32, 3, 1]);
+    }
+
+    #[test]
+    fn long_reductions_take_several_steps() {
         // Mixtral: k = 2, I = 14336: 112 KiB of activations per token.
         let l = plan_combine(
             (&[1, 2, 14336], DType::F16),
@@ -385,8 +438,10 @@ mod tests {
             32,
         )
         .unwrap();
-        assert_eq!(template(&l, "XS"), TemplateArg::Bool(false));
-        assert_eq!(template(&l, "R"), TemplateArg::Int(1));
+        // 896 chunks: 4 steps of 7 warps; 512 blocks of 8 outputs.
+        assert_eq!(template(&l, "WARPS"), TemplateArg::Int(7));
+        assert_eq!(template(&l, "RB"), TemplateArg::Int(8));
+        assert_eq!(l.grid, [512 * 224, 1, 1]);
     }
 
     #[test]

@@ -1,72 +1,64 @@
   // Decode-size MoE down-projection and combine: out[token, d] = sum_k scores[token, k] *
-  // (row d of expert indices[token, k]'s down matrix . act[token, k]) in fp32. A warp owns R
-  // outputs d, its lanes stride over the K * I * BITS / 128 16-byte chunks of the K rows: no
-  // atomics. act[token] is staged in shared memory when it fits (XS).
+  // (row d of expert indices[token, k]'s down matrix . act[token, k]) in fp32. A block owns RB
+  // outputs d of one token (blockIdx.y) and splits the K * I * BITS / 128 16-byte chunks of
+  // their K rows each over its WARPS * 32 threads: a thread reads each of its activation chunks
+  // once, straight from global memory, and reuses it for all RB outputs. Partial sums meet in
+  // shared memory at the end: no atomics, no staging, one barrier.
   constexpr int CHUNKS = I * BITS / 128;
   constexpr int ALL = K * CHUNKS;
-  constexpr int PER_LANE = (ALL + 31) / 32;
-  constexpr int PRE = PER_LANE < 8 / R ? PER_LANE : 8 / R;
-  __shared__ float4 xs[XS ? K * I / 4 : 1];
-  __shared__ float xsum[XS ? ALL : 1];
+  constexpr int VALS = 128 / BITS;
+  constexpr int NT = WARPS * 32;
+  constexpr int STEPS = (ALL + NT - 1) / NT;
+  __shared__ float partial[WARPS][RB];
   const long long token = blockIdx.y;
-  const int lane = threadIdx.x & 31;
-  const int d0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
+  const int d0 = blockIdx.x * RB;
   const T* arow = act + token * K * I;
-  // Row of output r (rows past D re-read row D - 1, never written) in the k-th pick's expert;
-  // out-of-range experts are clamped rather than fault.
-  const auto row = [&](int k, int r) -> long long {
-    const uint32_t e = min(static_cast<uint32_t>(indices[token * K + k]), uint32_t(E - 1));
-    return e * D + min(d0 + r, D - 1);
-  };
-  // The first PRE chunks' weights are requested before act is staged: the latencies overlap.
-  uint4 pre[PRE][R];
-#pragma unroll
-  for (int it = 0; it < PRE; ++it) {
-    const int f = min(lane + 32 * it, ALL - 1);
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      pre[it][r] = __ldg(reinterpret_cast<const uint4*>(w) + row(f / CHUNKS, r) * CHUNKS +
-                         f % CHUNKS);
-    }
-  }
-  if constexpr (XS) {
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      zm::stage<BITS, I>(arow + k * I, xs + k * I / 4, xsum + k * CHUNKS, threadIdx.x,
-                         WARPS * 32);
-    }
-    __syncthreads();
-  }
-  if (d0 >= D) {
-    return;
-  }
-  float acc[R] = {};
-#pragma unroll
-  for (int it = 0; it < PER_LANE; ++it) {
-    const int f = lane + 32 * it;
-    if (ALL % 32 == 0 || f < ALL) {
+  float acc[RB] = {};
+#pragma unroll 1
+  for (int step = 0; step < STEPS; ++step) {
+    const int f = threadIdx.x + NT * step;
+    if (ALL % NT == 0 || f < ALL) {
       const int k = f / CHUNKS;
       const int c = f % CHUNKS;
-      float4 xv[32 / BITS];
-      const float csum =
-          zm::chunk_x<XS, BITS, CHUNKS>(xv, xs + k * I / 4, xsum + k * CHUNKS, arow + k * I, c);
-      const float s = zm::to_f(scores[token * K + k]);
+      // Out-of-range experts are clamped rather than fault; rows past D (the last block)
+      // re-read row D - 1 and are never written.
+      const long long e =
+          min(static_cast<uint32_t>(indices[token * K + k]), static_cast<uint32_t>(E - 1));
+      // All of the step's weights, scales and biases are requested before act: one latency.
+      uint4 q[RB];
+      float sc[RB], bi[RB];
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const long long rw = row(k, r);
-        // `it` is a constant once unrolled; the clamp keeps the index in bounds regardless.
-        const uint4 q = it < PRE ? pre[it < PRE ? it : 0][r]
-                                 : __ldg(reinterpret_cast<const uint4*>(w) + rw * CHUNKS + c);
-        const long long sb = rw * (I / GS) + c * 128 / BITS / GS;
-        acc[r] += s * (zm::to_f(scales[sb]) * zm::chunk_dot<BITS>(q, xv) +
-                       zm::to_f(biases[sb]) * csum);
+      for (int r = 0; r < RB; ++r) {
+        const long long rw = e * D + min(d0 + r, D - 1);
+        q[r] = __ldg(reinterpret_cast<const uint4*>(w) + rw * CHUNKS + c);
+        const long long sb = rw * (I / GS) + c * VALS / GS;
+        sc[r] = zm::to_f(scales[sb]);
+        bi[r] = zm::to_f(biases[sb]);
+      }
+      const float s = zm::to_f(scores[token * K + k]);
+      float4 xv[VALS / 4];
+      const float xsum = zm::chunk_x<BITS>(xv, arow + f * VALS);
+#pragma unroll
+      for (int r = 0; r < RB; ++r) {
+        acc[r] += s * (sc[r] * zm::chunk_dot<BITS>(q[r], xv) + bi[r] * xsum);
       }
     }
   }
+  const int lane = threadIdx.x & 31;
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < RB; ++r) {
     acc[r] = zm::warp_sum(acc[r]);
-    if (lane == 0 && d0 + r < D) {
-      out[token * D + d0 + r] = zm::from_f<T>(acc[r]);
+    if (lane == 0) {
+      partial[threadIdx.x >> 5][r] = acc[r];
     }
+  }
+  __syncthreads();
+  const int d = d0 + threadIdx.x;
+  if (threadIdx.x < RB && d < D) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int wp = 0; wp < WARPS; ++wp) {
+      sum += partial[wp][threadIdx.x];
+    }
+    out[token * D + d] = zm::from_f<T>(sum);
   }

@@ -1,69 +1,69 @@
   // Decode-size MoE up-projection: for each (token, k) pair (blockIdx.y), rows j and I + j of
   // expert indices[pair]'s packed [gate | up] matrix dotted with x[token] in fp32, then
   // act[pair, j] = silu(gate) * up, gate and up rounded to T first as the unfused path stores
-  // them. WARPS warps of R outputs j each; x staged in shared memory when it fits (XS).
+  // them. A block owns JB outputs j (2 * JB rows) and splits the dot products' 16-byte chunks
+  // over its WARPS * 32 threads: a thread reads each of its x chunks once, straight from
+  // global memory (every block reads the same x: L1/L2 hits), and reuses it for all 2 * JB
+  // rows. Partial sums meet in shared memory at the end; no staging, one barrier.
   constexpr int CHUNKS = D * BITS / 128;
-  constexpr int PER_LANE = (CHUNKS + 31) / 32;
-  constexpr int NR = 2 * R;
-  constexpr int PRE = PER_LANE < 8 / NR ? PER_LANE : 8 / NR;
-  __shared__ float4 xs[XS ? D / 4 : 1];
-  __shared__ float xsum[XS ? CHUNKS : 1];
+  constexpr int VALS = 128 / BITS;
+  constexpr int NT = WARPS * 32;
+  constexpr int STEPS = (CHUNKS + NT - 1) / NT;
+  constexpr int NR = 2 * JB;
+  __shared__ float partial[WARPS][NR];
   const long long pair = blockIdx.y;
-  const int lane = threadIdx.x & 31;
-  const int j0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
+  const int j0 = blockIdx.x * JB;
   // Out-of-range experts are clamped rather than fault.
   const long long e = min(static_cast<uint32_t>(indices[pair]), static_cast<uint32_t>(E - 1));
   const T* xrow = x + pair / K * D;
+  // Row r < JB is gate j0 + r, row JB + r is up j0 + r; rows past I (the last block) re-read
+  // row I - 1 and are never written.
   long long row[NR];
 #pragma unroll
   for (int r = 0; r < NR; ++r) {
-    // Rows past I (the last tile) re-read row I - 1 and are never written.
-    row[r] = e * 2 * I + (r % 2) * I + min(j0 + r / 2, I - 1);
-  }
-  // The first PRE chunks' weights are requested before x is staged: the latencies overlap.
-  uint4 pre[PRE][NR];
-#pragma unroll
-  for (int it = 0; it < PRE; ++it) {
-#pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      pre[it][r] = __ldg(reinterpret_cast<const uint4*>(w) + row[r] * CHUNKS +
-                         min(lane + 32 * it, CHUNKS - 1));
-    }
-  }
-  if constexpr (XS) {
-    zm::stage<BITS, D>(xrow, xs, xsum, threadIdx.x, WARPS * 32);
-    __syncthreads();
-  }
-  if (j0 >= I) {
-    return;
+    row[r] = e * 2 * I + (r < JB ? 0 : I) + min(j0 + r % JB, I - 1);
   }
   float acc[NR] = {};
-#pragma unroll
-  for (int it = 0; it < PER_LANE; ++it) {
-    const int c = lane + 32 * it;
-    if (CHUNKS % 32 == 0 || c < CHUNKS) {
-      float4 xv[32 / BITS];
-      const float csum = zm::chunk_x<XS, BITS, CHUNKS>(xv, xs, xsum, xrow, c);
-      const long long g = c * 128 / BITS / GS;
+#pragma unroll 1
+  for (int step = 0; step < STEPS; ++step) {
+    const int c = threadIdx.x + NT * step;
+    if (CHUNKS % NT == 0 || c < CHUNKS) {
+      // All of the step's weights, scales and biases are requested before x: one latency.
+      uint4 q[NR];
+      float sc[NR], bi[NR];
 #pragma unroll
       for (int r = 0; r < NR; ++r) {
-        // `it` is a constant once unrolled; the clamp keeps the index in bounds regardless.
-        const uint4 q = it < PRE ? pre[it < PRE ? it : 0][r]
-                                 : __ldg(reinterpret_cast<const uint4*>(w) + row[r] * CHUNKS + c);
-        const long long sb = row[r] * (D / GS) + g;
-        acc[r] += zm::to_f(scales[sb]) * zm::chunk_dot<BITS>(q, xv) + zm::to_f(biases[sb]) * csum;
+        q[r] = __ldg(reinterpret_cast<const uint4*>(w) + row[r] * CHUNKS + c);
+        const long long sb = row[r] * (D / GS) + c * VALS / GS;
+        sc[r] = zm::to_f(scales[sb]);
+        bi[r] = zm::to_f(biases[sb]);
+      }
+      float4 xv[VALS / 4];
+      const float xsum = zm::chunk_x<BITS>(xv, xrow + c * VALS);
+#pragma unroll
+      for (int r = 0; r < NR; ++r) {
+        acc[r] += sc[r] * zm::chunk_dot<BITS>(q[r], xv) + bi[r] * xsum;
       }
     }
   }
+  const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int r = 0; r < NR; ++r) {
     acc[r] = zm::warp_sum(acc[r]);
-  }
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const float gate = zm::round_to<T>(acc[2 * r]);
-    if (lane == 0 && j0 + r < I) {
-      act[pair * I + j0 + r] =
-          zm::from_f<T>(gate / (1.0f + expf(-gate)) * zm::round_to<T>(acc[2 * r + 1]));
+    if (lane == 0) {
+      partial[threadIdx.x >> 5][r] = acc[r];
     }
+  }
+  __syncthreads();
+  const int j = j0 + threadIdx.x;
+  if (threadIdx.x < JB && j < I) {
+    float gate = 0.0f;
+    float up = 0.0f;
+#pragma unroll
+    for (int wp = 0; wp < WARPS; ++wp) {
+      gate += partial[wp][threadIdx.x];
+      up += partial[wp][JB + threadIdx.x];
+    }
+    gate = zm::round_to<T>(gate);
+    act[pair * I + j] = zm::from_f<T>(gate / (1.0f + expf(-gate)) * zm::round_to<T>(up));
   }
