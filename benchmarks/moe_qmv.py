@@ -70,6 +70,7 @@ def _variant(launch, rows: int, warps: int, rows_per_block: int, rows_arg: str):
     blocks = -(-rows // rows_per_block)
     v.grid = (blocks * warps * 32, launch.grid[1], 1)
     v.threadgroup = (warps * 32, 1, 1)
+    v.call = None  # bound to the new tiling on first use
     return v
 
 
