@@ -135,6 +135,13 @@ def test_glu_forward_and_backward(shape, dtype, act):
     close(d_up, want_u, dtype)
 
 
+@pytest.mark.parametrize(("shape", "dtype"), SHAPES, ids=str)
+def test_glu_with_mlx_rounding(shape, dtype):
+    g, u = (mx.random.normal(shape).astype(dtype) for _ in range(2))
+    (out,) = run(_native.plan_glu("silu_mlx", list(shape), _name(g), list(shape), _name(u)), [g, u])
+    close(out, ref.swiglu(g, u, "mlx").astype(mx.float32), dtype)
+
+
 @pytest.mark.parametrize(
     ("shape", "dtype"), [((3, 2002), mx.float16), ((2, 1536), mx.float16), ((4, 22), mx.float32)]
 )

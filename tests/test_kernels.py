@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from helpers import (
@@ -159,6 +160,55 @@ def test_glu_random_shapes(lead, half, dtype):
     assert_close(kernels.swiglu(h[..., :half], h[..., half:]), want, dtype, scale=4.0)
 
 
+def all_values(dtype):
+    """Every finite value of a half dtype (NaN and inf left out), or a spread of fp32 ones."""
+    if dtype == mx.float32:
+        return mx.random.normal((1 << 16,)) * 8.0
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    exponent = (bits >> 7) & 0xFF if dtype == mx.bfloat16 else (bits >> 10) & 0x1F
+    finite = exponent != (0xFF if dtype == mx.bfloat16 else 0x1F)
+    return mx.array(bits[finite]).view(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("packed", [False, True], ids=["two", "packed"])
+@pytest.mark.parametrize("differentiable", DIFF)
+def test_swiglu_mlx_rounding_is_mlx_lm_bitwise(device, dtype, packed, differentiable):
+    # mlx-lm's SwiGLU, compiled as mlx-lm compiles it and as plain ops: every gate value of
+    # the dtype against random up values, bit for bit.
+    gate = all_values(dtype)
+    up = rand(gate.shape, dtype)
+    want = nn.silu(gate) * up
+    want_compiled = mx.compile(lambda g, u: nn.silu(g) * u)(gate, up)
+    poison((gate.shape, dtype))
+    if packed:
+        h = mx.concatenate([gate[:, None], up[:, None]], axis=-1)
+        got = kernels.swiglu_packed(h, rounding="mlx", differentiable=differentiable)[:, 0]
+    else:
+        got = kernels.swiglu(gate, up, rounding="mlx", differentiable=differentiable)
+    mx.eval(got, want, want_compiled)
+    assert got.dtype == dtype
+    for w in (want, want_compiled):
+        same = np.array(got.view(mx.uint16 if dtype != mx.float32 else mx.uint32)) == np.array(
+            w.view(mx.uint16 if dtype != mx.float32 else mx.uint32)
+        )
+        assert same.all(), (
+            f"{(~same).sum()} of {same.size} differ, e.g. at {np.nonzero(~same)[0][:5]}"
+        )
+
+
+@pytest.mark.parametrize("op", ["swiglu", "swiglu_packed", "gather_add"])
+def test_rounding_argument_is_checked(op):
+    x = mx.ones((2, 4))
+    fn = {
+        "swiglu": lambda r: kernels.swiglu(x, x, rounding=r),
+        "swiglu_packed": lambda r: kernels.swiglu_packed(x, rounding=r),
+        "gather_add": lambda r: kernels.gather_add(x, mx.ones((2,)), rounding=r),
+    }[op]
+    with pytest.raises(ValueError, match="'rounding' must be 'fp32' or 'mlx'"):
+        fn("bf16")
+
+
 # ---------------------------------------------------------------------------------------
 # gather_add
 
@@ -179,6 +229,25 @@ def test_gather_add_matches_float64(device, shape, dtype, score_dtype, different
     assert out.shape == out_shape and out.dtype == dtype
     want = (f64(y) * f64(scores)[..., None]).sum(axis=-2)
     assert_close(out, want, dtype, scale=float(shape[-2]))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 8, 2048), (4096, 8, 64), (3, 2, 1001)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("score_dtype", [mx.float32, None], ids=["f32scores", "samescores"])
+def test_gather_add_mlx_rounding_is_mlx_lm(device, shape, dtype, score_dtype):
+    # mlx-lm's combine: the products in the dtype MLX gives them, then a fp32 sum. The sum's
+    # order inside MLX's reduction may differ from ours (k in order): rarely one ulp apart.
+    y = rand(shape, dtype)
+    scores = mx.random.uniform(shape=shape[:-1]).astype(score_dtype or dtype)
+    out_shape = (*shape[:-2], shape[-1])
+    poison((out_shape, dtype))
+    got = kernels.gather_add(y, scores, rounding="mlx", differentiable=False)
+    want = (y * scores[..., None]).sum(axis=-2).astype(dtype)
+    mx.eval(got, want)
+    g, w = f64(got), f64(want)
+    ulp = np.abs(w) * (2.0 ** -(7 if dtype == mx.bfloat16 else 10 if dtype == mx.float16 else 23))
+    assert (np.abs(g - w) <= ulp + 1e-30).all()
+    assert (g == w).mean() >= 0.999
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

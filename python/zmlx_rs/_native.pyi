@@ -120,7 +120,11 @@ def plan_moe_gating(
     ties: str,
 ) -> Launch: ...
 def plan_gather_add(
-    y_shape: list[int], y_dtype: str, scores_shape: list[int], scores_dtype: str
+    y_shape: list[int],
+    y_dtype: str,
+    scores_shape: list[int],
+    scores_dtype: str,
+    mlx_rounding: bool = False,
 ) -> Launch: ...
 
 @final

@@ -236,21 +236,39 @@ def _make_glu(act: str) -> Callable[[mx.array, mx.array, _Launch], mx.array]:
     return fused
 
 
-_GLU_FUSED = {a: _make_glu(a) for a in ("silu", "gelu", "gelu_approx")}
+_GLU_FUSED = {a: _make_glu(a) for a in ("silu", "silu_mlx", "gelu", "gelu_approx")}
 
 
-def swiglu(gate: mx.array, up: mx.array, *, differentiable: bool = True) -> mx.array:
-    """`silu(gate) * up` in fp32, returned in the inputs' dtype (gate and up must agree).
+_ROUNDINGS = {"fp32": "silu", "mlx": "silu_mlx"}
 
+
+def _silu_act(rounding: Any, op: str) -> str:
+    try:
+        return _ROUNDINGS[rounding]
+    except (KeyError, TypeError):
+        raise _native.ZmlxError(
+            f"{op}(): 'rounding' must be 'fp32' or 'mlx', got {rounding!r}"
+        ) from None
+
+
+def swiglu(
+    gate: mx.array, up: mx.array, *, rounding: str = "fp32", differentiable: bool = True
+) -> mx.array:
+    """`silu(gate) * up`, returned in the inputs' dtype (gate and up must agree).
+
+    ``rounding="fp32"`` computes in fp32 and rounds once; ``"mlx"`` rounds every op to the
+    inputs' dtype as MLX evaluates mlx-lm's ``nn.silu(gate) * up`` (bit-identical to it on
+    MLX-CUDA), which is what keeps a patched model's tokens those of the unpatched one.
     ``differentiable=False`` skips the gradient wrapper: on CUDA that is two fewer graph
     nodes and ~3 µs less per call, for inference paths that never take gradients.
     """
-    launch = _glu_launch("silu", gate, up, "swiglu")
+    act = _silu_act(rounding, "swiglu")
+    launch = _glu_launch(act, gate, up, "swiglu")
     if _backend.on_cuda():
         if differentiable:
-            return _GLU_FUSED["silu"](gate, up, launch)
+            return _GLU_FUSED[act](gate, up, launch)
         return _GLU([gate, up], launch)[0]
-    return ref.swiglu(gate, up)
+    return ref.swiglu(gate, up, rounding)
 
 
 def geglu(
@@ -299,18 +317,19 @@ def _make_glu_packed(act: str) -> Callable[[mx.array, _Launch], mx.array]:
     return fused
 
 
-_GLU_PACKED_FUSED = {a: _make_glu_packed(a) for a in ("silu", "gelu", "gelu_approx")}
+_GLU_PACKED_FUSED = {a: _make_glu_packed(a) for a in ("silu", "silu_mlx", "gelu", "gelu_approx")}
 
 
-def swiglu_packed(h: mx.array, *, differentiable: bool = True) -> mx.array:
+def swiglu_packed(h: mx.array, *, rounding: str = "fp32", differentiable: bool = True) -> mx.array:
     """`silu(gate) * up` for `h = [gate | up]` on the last axis: returns half the width.
-    ``differentiable`` as in :func:`swiglu`."""
-    launch = _packed_launch("silu", h, "swiglu_packed")
+    ``rounding`` and ``differentiable`` as in :func:`swiglu`."""
+    act = _silu_act(rounding, "swiglu_packed")
+    launch = _packed_launch(act, h, "swiglu_packed")
     if _backend.on_cuda():
         if differentiable:
-            return _GLU_PACKED_FUSED["silu"](h, launch)
+            return _GLU_PACKED_FUSED[act](h, launch)
         return _GLU_PACKED([h], launch)[0]
-    return ref.swiglu_packed(h)
+    return ref.swiglu_packed(h, rounding)
 
 
 def geglu_packed(
@@ -503,9 +522,9 @@ def moe_gating(
 # MoE combine
 
 
-def _gather_add_launch(y: mx.array, scores: mx.array) -> _Launch:
+def _gather_add_launch(y: mx.array, scores: mx.array, mlx_rounding: bool) -> _Launch:
     try:
-        key: tuple = (y.shape, y.dtype, scores.shape, scores.dtype)
+        key: tuple = (y.shape, y.dtype, scores.shape, scores.dtype, mlx_rounding)
         got = _GATHER_ADD._launches.get(key)
     except (AttributeError, TypeError):
         key, got = (), None
@@ -513,7 +532,9 @@ def _gather_add_launch(y: mx.array, scores: mx.array) -> _Launch:
         return got
     y_dtype = _dtype_name(y, "y", "gather_add")
     s_dtype = _dtype_name(scores, "scores", "gather_add")
-    return _GATHER_ADD.launch(key, list(y.shape), y_dtype, list(scores.shape), s_dtype)
+    return _GATHER_ADD.launch(
+        key, list(y.shape), y_dtype, list(scores.shape), s_dtype, mlx_rounding
+    )
 
 
 @mx.custom_function
@@ -530,16 +551,23 @@ def _gather_add_vjp(primals, cotangent, output):
     return d_y, d_scores, None
 
 
-def gather_add(y: mx.array, scores: mx.array, *, differentiable: bool = True) -> mx.array:
+def gather_add(
+    y: mx.array, scores: mx.array, *, rounding: str = "fp32", differentiable: bool = True
+) -> mx.array:
     """MoE combine: ``out[..., h] = sum_k y[..., k, h] * scores[..., k]``, fp32 accumulation,
-    in y's dtype. ``scores`` has y's shape without the last axis. ``differentiable`` as in
-    :func:`swiglu`."""
-    launch = _gather_add_launch(y, scores)
+    in y's dtype. ``scores`` has y's shape without the last axis. ``rounding="mlx"`` rounds
+    each product to the dtype MLX gives ``y * scores`` first, as mlx-lm's
+    ``(y * scores[..., None]).sum(axis=-2)``; ``differentiable`` as in :func:`swiglu`."""
+    if rounding not in ("fp32", "mlx"):
+        raise _native.ZmlxError(
+            f"gather_add(): 'rounding' must be 'fp32' or 'mlx', got {rounding!r}"
+        )
+    launch = _gather_add_launch(y, scores, rounding == "mlx")
     if _backend.on_cuda():
         if differentiable:
             return _gather_add_fused(y, scores, launch)
         return _GATHER_ADD([y, scores], launch)[0]
-    return ref.gather_add(y, scores)
+    return ref.gather_add(y, scores, rounding)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Pure-MLX references of every fused kernel: the CPU and Metal fallbacks, and what the
-CUDA kernels are tested against. fp32 math, results in the input dtype."""
+CUDA kernels are tested against. fp32 math, results in the input dtype, except where an op's
+``rounding="mlx"`` asks for mlx-lm's own formula in the input dtype."""
 
 from __future__ import annotations
 
@@ -49,17 +50,23 @@ def _geglu_tanh(gate: mx.array, up: mx.array) -> mx.array:
     return (_act(g, "gelu_approx") * up.astype(mx.float32)).astype(gate.dtype)
 
 
-def swiglu(gate: mx.array, up: mx.array) -> mx.array:
-    return _swiglu(gate, up)
+@partial(mx.compile, shapeless=True)
+def _swiglu_mlx(gate: mx.array, up: mx.array) -> mx.array:
+    # mlx-lm's own SwiGLU, every op in the inputs' dtype.
+    return nn.silu(gate) * up
+
+
+def swiglu(gate: mx.array, up: mx.array, rounding: str = "fp32") -> mx.array:
+    return _swiglu_mlx(gate, up) if rounding == "mlx" else _swiglu(gate, up)
 
 
 def geglu(gate: mx.array, up: mx.array, approximate: bool = False) -> mx.array:
     return _geglu_tanh(gate, up) if approximate else _geglu_exact(gate, up)
 
 
-def swiglu_packed(h: mx.array) -> mx.array:
+def swiglu_packed(h: mx.array, rounding: str = "fp32") -> mx.array:
     gate, up = mx.split(h, 2, axis=-1)
-    return _swiglu(gate, up)
+    return swiglu(gate, up, rounding)
 
 
 def geglu_packed(h: mx.array, approximate: bool = False) -> mx.array:
@@ -75,7 +82,9 @@ def dropout(x: mx.array, p: float, key: mx.array | None = None) -> mx.array:
     return mx.where(keep, scaled, 0.0).astype(x.dtype)
 
 
-def gather_add(y: mx.array, scores: mx.array) -> mx.array:
+def gather_add(y: mx.array, scores: mx.array, rounding: str = "fp32") -> mx.array:
+    if rounding == "mlx":  # mlx-lm's own combine
+        return (y * scores[..., None]).sum(axis=-2).astype(y.dtype)
     out = (y.astype(mx.float32) * scores.astype(mx.float32)[..., None]).sum(axis=-2)
     return out.astype(y.dtype)
 
@@ -142,7 +151,7 @@ def gather_qmv_swiglu(
     bits: int,
 ) -> mx.array:
     """The unfused quantised MoE up-projection: one gather_qmm over the packed [gate | up]
-    experts, then SwiGLU. x (..., D), indices (..., k) -> (..., k, I)."""
+    experts, then mlx-lm's SwiGLU in the dtype. x (..., D), indices (..., k) -> (..., k, I)."""
     h = mx.gather_qmm(
         mx.expand_dims(x, (-2, -3)),
         w,
@@ -154,7 +163,7 @@ def gather_qmv_swiglu(
         bits=bits,
     )
     gate, up = mx.split(h.squeeze(-2), 2, axis=-1)
-    return _swiglu(gate, up)
+    return _swiglu_mlx(gate, up)
 
 
 def gather_qmv_combine(
@@ -168,7 +177,8 @@ def gather_qmv_combine(
     group_size: int,
     bits: int,
 ) -> mx.array:
-    """The unfused quantised MoE down-projection and combine: act (..., k, I) -> (..., D)."""
+    """The unfused quantised MoE down-projection and mlx-lm's combine: act (..., k, I) ->
+    (..., D)."""
     y = mx.gather_qmm(
         mx.expand_dims(act, -2),
         w,

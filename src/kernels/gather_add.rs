@@ -17,7 +17,15 @@ pub static GATHER_ADD: KernelSource = KernelSource {
 
 const OP: &str = "gather_add";
 
-pub fn plan(y: &[usize], y_dtype: DType, scores: &[usize], scores_dtype: DType) -> Result<Launch> {
+/// `mlx_rounding`: round each product `y * score` to the dtype MLX gives it (y's when scores
+/// share it, else fp32) before the fp32 sum, as mlx-lm's `(y * scores[..., None]).sum(-2)`.
+pub fn plan(
+    y: &[usize],
+    y_dtype: DType,
+    scores: &[usize],
+    scores_dtype: DType,
+    mlx_rounding: bool,
+) -> Result<Launch> {
     require_float(OP, "y", y_dtype)?;
     require_float(OP, "scores", scores_dtype)?;
     if y.len() < 2 {
@@ -67,6 +75,7 @@ pub fn plan(y: &[usize], y_dtype: DType, scores: &[usize], scores_dtype: DType) 
             ("S", TemplateArg::DType(scores_dtype)),
             ("K", TemplateArg::Int(k as i32)),
             ("H", TemplateArg::Int(hidden as i32)),
+            ("MLXR", TemplateArg::Bool(mlx_rounding)),
         ],
         grid,
         threadgroup,
@@ -81,21 +90,28 @@ mod tests {
 
     #[test]
     fn combines_the_k_axis() {
-        let l = plan(&[1, 1, 8, 2048], DType::BF16, &[1, 1, 8], DType::BF16).unwrap();
+        let l = plan(
+            &[1, 1, 8, 2048],
+            DType::BF16,
+            &[1, 1, 8],
+            DType::BF16,
+            false,
+        )
+        .unwrap();
         assert_eq!(l.output_shapes, vec![vec![1, 1, 2048]]);
         assert_eq!(l.grid[0], 2048 / 8);
-        let l = plan(&[5, 3, 33], DType::F32, &[5, 3], DType::F32).unwrap();
+        let l = plan(&[5, 3, 33], DType::F32, &[5, 3], DType::F32, true).unwrap();
         assert_eq!(l.grid[0], 5 * 33);
     }
 
     #[test]
     fn scores_must_match_y() {
-        let e = plan(&[4, 8, 16], DType::F32, &[4, 7], DType::F32).unwrap_err();
+        let e = plan(&[4, 8, 16], DType::F32, &[4, 7], DType::F32, false).unwrap_err();
         assert_eq!(
             e.to_string(),
             "gather_add(): 'scores' must be (4, 8) (y's shape without its last axis), got (4, 7)"
         );
-        assert!(plan(&[16], DType::F32, &[], DType::F32).is_err());
-        assert!(plan(&[4, 8, 16], DType::U32, &[4, 8], DType::F32).is_err());
+        assert!(plan(&[16], DType::F32, &[], DType::F32, false).is_err());
+        assert!(plan(&[4, 8, 16], DType::U32, &[4, 8], DType::F32, false).is_err());
     }
 }

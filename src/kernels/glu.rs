@@ -3,7 +3,7 @@
 
 use super::{
     exact_grid, flat_width, numel, require_float, require_rank, require_size, vector_width, DType,
-    KernelSource, Launch, TemplateArg, ACTIVATIONS,
+    KernelSource, Launch, TemplateArg, ACTIVATIONS, MLX_SILU,
 };
 use crate::error::{shape_str, Error, Result};
 
@@ -11,7 +11,7 @@ pub static GLU: KernelSource = KernelSource {
     name: "zmlx_glu",
     inputs: &["gate", "up"],
     outputs: &["out"],
-    helpers: &[ACTIVATIONS],
+    helpers: &[MLX_SILU, ACTIVATIONS],
     body: include_str!("cuda/glu.cu"),
 };
 
@@ -19,7 +19,7 @@ pub static GLU_PACKED: KernelSource = KernelSource {
     name: "zmlx_glu_packed",
     inputs: &["h"],
     outputs: &["out"],
-    helpers: &[ACTIVATIONS],
+    helpers: &[MLX_SILU, ACTIVATIONS],
     body: include_str!("cuda/glu_packed.cu"),
 };
 
@@ -27,7 +27,7 @@ pub static GLU_BACKWARD: KernelSource = KernelSource {
     name: "zmlx_glu_backward",
     inputs: &["gate", "up", "cotan"],
     outputs: &["d_gate", "d_up"],
-    helpers: &[ACTIVATIONS],
+    helpers: &[MLX_SILU, ACTIVATIONS],
     body: include_str!("cuda/glu_backward.cu"),
 };
 
@@ -35,7 +35,7 @@ pub static GLU_PACKED_BACKWARD: KernelSource = KernelSource {
     name: "zmlx_glu_packed_backward",
     inputs: &["h", "cotan"],
     outputs: &["d_h"],
-    helpers: &[ACTIVATIONS],
+    helpers: &[MLX_SILU, ACTIVATIONS],
     body: include_str!("cuda/glu_packed_backward.cu"),
 };
 
@@ -47,6 +47,9 @@ pub(crate) const MAX_NDIM: usize = 10;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     Silu,
+    /// Silu whose forward product is rounded op by op as MLX evaluates mlx-lm's
+    /// `silu(gate) * up` in the inputs' dtype (bit-identical to it); gradient as [`Self::Silu`].
+    SiluMlx,
     Gelu,
     GeluApprox,
 }
@@ -55,12 +58,13 @@ impl Activation {
     pub fn parse(name: &str) -> Result<Activation> {
         match name {
             "silu" => Ok(Activation::Silu),
+            "silu_mlx" => Ok(Activation::SiluMlx),
             "gelu" => Ok(Activation::Gelu),
             "gelu_approx" => Ok(Activation::GeluApprox),
             other => Err(Error::value(
                 "glu",
                 "activation",
-                "one of 'silu', 'gelu', 'gelu_approx'",
+                "one of 'silu', 'silu_mlx', 'gelu', 'gelu_approx'",
                 format!("'{other}'"),
             )),
         }
@@ -71,13 +75,14 @@ impl Activation {
             Activation::Silu => 0,
             Activation::Gelu => 1,
             Activation::GeluApprox => 2,
+            Activation::SiluMlx => 3,
         }
     }
 
     fn op(self, packed: bool) -> &'static str {
         match (self, packed) {
-            (Activation::Silu, false) => "swiglu",
-            (Activation::Silu, true) => "swiglu_packed",
+            (Activation::Silu | Activation::SiluMlx, false) => "swiglu",
+            (Activation::Silu | Activation::SiluMlx, true) => "swiglu_packed",
             (_, false) => "geglu",
             (_, true) => "geglu_packed",
         }

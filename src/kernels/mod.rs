@@ -15,6 +15,8 @@ use std::fmt;
 
 /// Device helpers every kernel includes: float conversion, vector access.
 pub const BASE: &str = include_str!("cuda/base.cuh");
+/// SwiGLU with MLX's per-op rounding (before [`ACTIVATIONS`], which uses it).
+pub const MLX_SILU: &str = include_str!("cuda/mlx_silu.cuh");
 /// Gated-MLP activations and their derivatives.
 pub const ACTIVATIONS: &str = include_str!("cuda/activations.cuh");
 /// Warp-wide reductions.

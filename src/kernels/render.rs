@@ -240,10 +240,12 @@ pub fn specialisations() -> Vec<Specialisation> {
         }
         for sdt in [dt, DType::F32] {
             for (k, hidden) in [(8, 2048), (2, 4096), (3, 7)] {
-                add(
-                    gather_add::plan(&[3, k, hidden], dt, &[3, k], sdt),
-                    vec![dt, sdt],
-                );
+                for mlx_rounding in [false, true] {
+                    add(
+                        gather_add::plan(&[3, k, hidden], dt, &[3, k], sdt, mlx_rounding),
+                        vec![dt, sdt],
+                    );
+                }
             }
         }
     }

@@ -212,15 +212,23 @@ fn plan_moe_gating(
 }
 
 #[pyfunction]
+#[pyo3(signature = (y_shape, y_dtype, scores_shape, scores_dtype, mlx_rounding = false))]
 fn plan_gather_add(
     y_shape: Vec<usize>,
     y_dtype: &str,
     scores_shape: Vec<usize>,
     scores_dtype: &str,
+    mlx_rounding: bool,
 ) -> PyResult<Launch> {
     let y = dtype("gather_add", "y", y_dtype)?;
     let s = dtype("gather_add", "scores", scores_dtype)?;
-    launch(gather_add::plan(&y_shape, y, &scores_shape, s))
+    launch(gather_add::plan(
+        &y_shape,
+        y,
+        &scores_shape,
+        s,
+        mlx_rounding,
+    ))
 }
 
 type ShapeDtype = (Vec<usize>, String);

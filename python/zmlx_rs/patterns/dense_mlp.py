@@ -195,7 +195,7 @@ class FusedGatedMLP(Fused):
     def __call__(self, x: mx.array) -> mx.array:
         h = self.gate_up_proj(x)
         if self.activation == "silu":
-            a = kernels.swiglu_packed(h, differentiable=self.training)
+            a = kernels.swiglu_packed(h, rounding="mlx", differentiable=self.training)
         else:
             a = kernels.geglu_packed(
                 h,

@@ -67,7 +67,7 @@ class FusedSwitchGLU(Fused):
         self, x: mx.array, indices: mx.array, sorted_indices: bool = False
     ) -> mx.array:
         h = self.gate_up_proj(x, indices, sorted_indices=sorted_indices)
-        a = kernels.swiglu_packed(h, differentiable=self.training)
+        a = kernels.swiglu_packed(h, rounding="mlx", differentiable=self.training)
         return self.down_proj(a, indices, sorted_indices=sorted_indices)
 
 
@@ -222,7 +222,7 @@ class FusedMoEBlock(Fused):
     def experts_and_combine(self, x: mx.array, indices: mx.array, scores: mx.array) -> mx.array:
         """Sum of the picked experts' outputs weighted by their scores."""
         y = self[self.routing.experts](x, indices)
-        return kernels.gather_add(y, scores, differentiable=self.training)
+        return kernels.gather_add(y, scores, rounding="mlx", differentiable=self.training)
 
     def add_shared_experts(self, x: mx.array, y: mx.array) -> mx.array:
         if "shared_experts" in self:

@@ -6,12 +6,12 @@
     zm::Vec<T, V> o;
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      o.v[i] = zm::from_f<T>(zm::act<ACT>(zm::to_f(g.v[i])) * zm::to_f(u.v[i]));
+      o.v[i] = zm::from_f<T>(zm::glu<ACT, T>(zm::to_f(g.v[i]), zm::to_f(u.v[i])));
     }
     zm::store<V>(out + base, o);
   } else {
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      out[base + i] = zm::from_f<T>(zm::act<ACT>(zm::to_f(gate[base + i])) * zm::to_f(up[base + i]));
+      out[base + i] = zm::from_f<T>(zm::glu<ACT, T>(zm::to_f(gate[base + i]), zm::to_f(up[base + i])));
     }
   }

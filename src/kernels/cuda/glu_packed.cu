@@ -13,12 +13,12 @@
     zm::Vec<T, V> ov;
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      ov.v[i] = zm::from_f<T>(zm::act<ACT>(zm::to_f(gv.v[i])) * zm::to_f(uv.v[i]));
+      ov.v[i] = zm::from_f<T>(zm::glu<ACT, T>(zm::to_f(gv.v[i]), zm::to_f(uv.v[i])));
     }
     zm::store<V>(o, ov);
   } else {
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      o[i] = zm::from_f<T>(zm::act<ACT>(zm::to_f(g[i])) * zm::to_f(u[i]));
+      o[i] = zm::from_f<T>(zm::glu<ACT, T>(zm::to_f(g[i]), zm::to_f(u[i])));
     }
   }

@@ -1,29 +1,34 @@
-  // Decode-size MoE down-projection and combine: out[token, d] = sum_k scores[token, k] *
-  // (row d of expert indices[token, k]'s down matrix . act[token, k]) in fp32. A block owns RB
-  // outputs d of one token (blockIdx.y) and splits the K * I * BITS / 128 16-byte chunks of
-  // their K rows each over its WARPS * 32 threads: a thread reads each of its activation chunks
-  // once, straight from global memory, and reuses it for all RB outputs. Partial sums meet in
-  // shared memory at the end: no atomics, no staging, one barrier.
+  // Decode-size MoE down-projection and combine, rounded as mlx-lm's unfused path (gather_qmm,
+  // then (y * scores[..., None]).sum(-2)): y_k[d] = row d of expert indices[token, k]'s down
+  // matrix . act[token, k] in fp32, rounded to T; out[token, d] = sum over k in order of
+  // y_k[d] * scores[token, k] (rounded to T when the scores are T) in fp32, then T.
+  // A block owns RB outputs d of one token (blockIdx.y). Expert k's 16-byte weight chunks
+  // (I * BITS / 128 per row) are split over its own WPE warps (WARPS = K * WPE): a thread
+  // reads each of its act chunks once, straight from global memory, and reuses it for all RB
+  // rows. Per-warp sums meet in shared memory, per expert in warp order, then over k in
+  // order: no atomics, the result is deterministic.
   constexpr int CHUNKS = I * BITS / 128;
-  constexpr int ALL = K * CHUNKS;
   constexpr int VALS = 128 / BITS;
-  constexpr int NT = WARPS * 32;
-  constexpr int STEPS = (ALL + NT - 1) / NT;
+  constexpr int WPE = WARPS / K;
+  constexpr int NT = WPE * 32;
+  constexpr int STEPS = (CHUNKS + NT - 1) / NT;
   __shared__ float partial[WARPS][RB];
+  __shared__ float prod[K][RB];
   const long long token = blockIdx.y;
   const int d0 = blockIdx.x * RB;
-  const T* arow = act + token * K * I;
+  const int warp = threadIdx.x >> 5;
+  const int k = warp / WPE;
+  const int t = threadIdx.x - k * NT;
+  // Out-of-range experts are clamped rather than fault; rows past D (the last block) re-read
+  // row D - 1 and are never written.
+  const long long e =
+      min(static_cast<uint32_t>(indices[token * K + k]), static_cast<uint32_t>(E - 1));
+  const T* arow = act + (token * K + k) * I;
   float acc[RB] = {};
 #pragma unroll 1
   for (int step = 0; step < STEPS; ++step) {
-    const int f = threadIdx.x + NT * step;
-    if (ALL % NT == 0 || f < ALL) {
-      const int k = f / CHUNKS;
-      const int c = f % CHUNKS;
-      // Out-of-range experts are clamped rather than fault; rows past D (the last block)
-      // re-read row D - 1 and are never written.
-      const long long e =
-          min(static_cast<uint32_t>(indices[token * K + k]), static_cast<uint32_t>(E - 1));
+    const int c = t + NT * step;
+    if (CHUNKS % NT == 0 || c < CHUNKS) {
       // All of the step's weights, scales and biases are requested before act: one latency.
       uint4 q[RB];
       float sc[RB], bi[RB];
@@ -35,12 +40,11 @@
         sc[r] = zm::to_f(scales[sb]);
         bi[r] = zm::to_f(biases[sb]);
       }
-      const float s = zm::to_f(scores[token * K + k]);
       float4 xv[VALS / 4];
-      const float xsum = zm::chunk_x<BITS>(xv, arow + f * VALS);
+      const float xsum = zm::chunk_x<BITS>(xv, arow + c * VALS);
 #pragma unroll
       for (int r = 0; r < RB; ++r) {
-        acc[r] += s * (sc[r] * zm::chunk_dot<BITS>(q[r], xv) + bi[r] * xsum);
+        acc[r] += sc[r] * zm::chunk_dot<BITS>(q[r], xv) + bi[r] * xsum;
       }
     }
   }
@@ -49,16 +53,28 @@
   for (int r = 0; r < RB; ++r) {
     acc[r] = zm::warp_sum(acc[r]);
     if (lane == 0) {
-      partial[threadIdx.x >> 5][r] = acc[r];
+      partial[warp][r] = acc[r];
     }
+  }
+  __syncthreads();
+  if (threadIdx.x < K * RB) {
+    const int kk = threadIdx.x / RB;
+    const int r = threadIdx.x % RB;
+    float y = 0.0f;
+#pragma unroll
+    for (int wp = 0; wp < WPE; ++wp) {
+      y += partial[kk * WPE + wp][r];
+    }
+    const float p = zm::round_to<T>(y) * zm::to_f(scores[token * K + kk]);
+    prod[kk][r] = zm::kSame<SC, T> ? zm::round_to<T>(p) : p;
   }
   __syncthreads();
   const int d = d0 + threadIdx.x;
   if (threadIdx.x < RB && d < D) {
     float sum = 0.0f;
 #pragma unroll
-    for (int wp = 0; wp < WARPS; ++wp) {
-      sum += partial[wp][threadIdx.x];
+    for (int kk = 0; kk < K; ++kk) {
+      sum += prod[kk][threadIdx.x];
     }
     out[token * D + d] = zm::from_f<T>(sum);
   }

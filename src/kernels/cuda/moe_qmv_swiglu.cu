@@ -1,7 +1,7 @@
   // Decode-size MoE up-projection: for each (token, k) pair (blockIdx.y), rows j and I + j of
   // expert indices[pair]'s packed [gate | up] matrix dotted with x[token] in fp32, then
-  // act[pair, j] = silu(gate) * up, gate and up rounded to T first as the unfused path stores
-  // them. A block owns JB outputs j (2 * JB rows) and splits the dot products' 16-byte chunks
+  // act[pair, j] = silu(gate) * up rounded as the unfused path (gather_qmm, then mlx-lm's
+  // SwiGLU): gate and up rounded to T, then mlx_swiglu. A block owns JB outputs j (2 * JB rows) and splits the dot products' 16-byte chunks
   // over its WARPS * 32 threads: a thread reads each of its x chunks once, straight from
   // global memory (every block reads the same x: L1/L2 hits), and reuses it for all 2 * JB
   // rows. Partial sums meet in shared memory at the end; no staging, one barrier.
@@ -64,6 +64,5 @@
       gate += partial[wp][threadIdx.x];
       up += partial[wp][JB + threadIdx.x];
     }
-    gate = zm::round_to<T>(gate);
-    act[pair * I + j] = zm::from_f<T>(gate / (1.0f + expf(-gate)) * zm::round_to<T>(up));
+    act[pair * I + j] = zm::from_f<T>(zm::mlx_swiglu<T>(zm::round_to<T>(gate), zm::round_to<T>(up)));
   }
