@@ -48,7 +48,9 @@ def _case_glu(kernel):
 
 def _case_gating(kernel):
     logits = mx.random.normal((1, 128)).astype(mx.bfloat16)
-    launch = kernel.launch(("bench",), [1, 128], "bfloat16", 8, "softmax", True, None, None, 1.0)
+    launch = kernel.launch(
+        ("bench",), [1, 128], "bfloat16", 8, "softmax", True, None, None, 1.0, "higher"
+    )
 
     def build():
         return [kernel([logits], launch)[0] for _ in range(CHAIN)]

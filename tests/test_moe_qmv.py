@@ -46,11 +46,6 @@ def _close(got: mx.array, want: mx.array, dtype) -> None:
     scale = max(float(np.abs(w).max()), 1e-6)
     err = float(np.abs(g - w).max())
     assert err <= tol * scale, f"max error {err:.3g} vs scale {scale:.3g}"
-    # The kernels round where the unfused path does (each expert's dot, SwiGLU op by op, each
-    # weighted term): only sums that land apart across a rounding boundary differ.
-    if dtype != mx.float32:
-        exact = float((g == w).mean())
-        assert exact >= 0.95, f"only {exact:.1%} of outputs bit-identical to the unfused path"
 
 
 def test_reference_is_the_unfused_mlx_lm_path():
