@@ -557,7 +557,8 @@ def gather_add(
     """MoE combine: ``out[..., h] = sum_k y[..., k, h] * scores[..., k]``, fp32 accumulation,
     in y's dtype. ``scores`` has y's shape without the last axis. ``rounding="mlx"`` rounds
     each product to the dtype MLX gives ``y * scores`` first, as mlx-lm's
-    ``(y * scores[..., None]).sum(axis=-2)``; ``differentiable`` as in :func:`swiglu`."""
+    ``(y * scores[..., None]).sum(axis=-2)`` does (its reduction may still order the sum
+    differently); ``differentiable`` as in :func:`swiglu`."""
     if rounding not in ("fp32", "mlx"):
         raise _native.ZmlxError(
             f"gather_add(): 'rounding' must be 'fp32' or 'mlx', got {rounding!r}"
