@@ -239,16 +239,17 @@ def _make_glu(act: str) -> Callable[[mx.array, mx.array, _Launch], mx.array]:
 _GLU_FUSED = {a: _make_glu(a) for a in ("silu", "silu_mlx", "gelu", "gelu_approx")}
 
 
-_ROUNDINGS = {"fp32": "silu", "mlx": "silu_mlx"}
+def _mlx_rounding(rounding: Any, op: str) -> bool:
+    """True for ``rounding="mlx"``, False for ``"fp32"``; anything else is an error."""
+    if rounding == "mlx":
+        return True
+    if rounding == "fp32":
+        return False
+    raise _native.ZmlxError(f"{op}(): 'rounding' must be 'fp32' or 'mlx', got {rounding!r}")
 
 
 def _silu_act(rounding: Any, op: str) -> str:
-    try:
-        return _ROUNDINGS[rounding]
-    except (KeyError, TypeError):
-        raise _native.ZmlxError(
-            f"{op}(): 'rounding' must be 'fp32' or 'mlx', got {rounding!r}"
-        ) from None
+    return "silu_mlx" if _mlx_rounding(rounding, op) else "silu"
 
 
 def swiglu(
@@ -559,11 +560,7 @@ def gather_add(
     each product to the dtype MLX gives ``y * scores`` first, as mlx-lm's
     ``(y * scores[..., None]).sum(axis=-2)`` does (its reduction may still order the sum
     differently); ``differentiable`` as in :func:`swiglu`."""
-    if rounding not in ("fp32", "mlx"):
-        raise _native.ZmlxError(
-            f"gather_add(): 'rounding' must be 'fp32' or 'mlx', got {rounding!r}"
-        )
-    launch = _gather_add_launch(y, scores, rounding == "mlx")
+    launch = _gather_add_launch(y, scores, _mlx_rounding(rounding, "gather_add"))
     if _backend.on_cuda():
         if differentiable:
             return _gather_add_fused(y, scores, launch)

@@ -248,72 +248,15 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_named() {
+        let softmax = |shape: &[usize], dtype: DType, k: i64| {
+            plan(shape, dtype, k, Mode::Softmax, true, None, 1.0, Ties::Lower)
+        };
         let cases: Vec<(Result<Launch>, &str)> = vec![
-            (
-                plan(
-                    &[2, 8],
-                    DType::F32,
-                    0,
-                    Mode::Softmax,
-                    true,
-                    None,
-                    1.0,
-                    Ties::Lower,
-                ),
-                "k",
-            ),
-            (
-                plan(
-                    &[2, 8],
-                    DType::F32,
-                    9,
-                    Mode::Softmax,
-                    true,
-                    None,
-                    1.0,
-                    Ties::Lower,
-                ),
-                "k",
-            ),
-            (
-                plan(
-                    &[2, 64],
-                    DType::F32,
-                    17,
-                    Mode::Softmax,
-                    true,
-                    None,
-                    1.0,
-                    Ties::Lower,
-                ),
-                "k",
-            ),
-            (
-                plan(
-                    &[2, 1024],
-                    DType::F32,
-                    2,
-                    Mode::Softmax,
-                    true,
-                    None,
-                    1.0,
-                    Ties::Lower,
-                ),
-                "logits",
-            ),
-            (
-                plan(
-                    &[2, 8],
-                    DType::I32,
-                    2,
-                    Mode::Softmax,
-                    true,
-                    None,
-                    1.0,
-                    Ties::Lower,
-                ),
-                "logits",
-            ),
+            (softmax(&[2, 8], DType::F32, 0), "k"),
+            (softmax(&[2, 8], DType::F32, 9), "k"),
+            (softmax(&[2, 64], DType::F32, 17), "k"),
+            (softmax(&[2, 1024], DType::F32, 2), "logits"),
+            (softmax(&[2, 8], DType::I32, 2), "logits"),
             (
                 plan(
                     &[2, 8],

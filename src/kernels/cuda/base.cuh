@@ -34,6 +34,13 @@ constexpr bool kSame<A, A> = true;
 template <typename T>
 __device__ __forceinline__ float round_to(float v) { return to_f(from_f<T>(v)); }
 
+// y * s (an MoE expert output of type T times its score of type S) in the dtype MLX gives
+// that product: rounded to T when the score is T too, else fp32.
+template <typename S, typename T>
+__device__ __forceinline__ float mlx_weighted(float y, float s) {
+  return kSame<S, T> ? round_to<T>(y * s) : y * s;
+}
+
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 template <typename T, int N>

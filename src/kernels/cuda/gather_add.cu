@@ -1,7 +1,6 @@
   // out[r, h] = sum_k y[r, k, h] * scores[r, k], accumulated in fp32 in k order. One thread
   // per V outputs of a row; the launch covers rows * H / V threads exactly. MLXR: each
-  // product is first rounded to T when the scores are T (MLX's dtype for y * scores).
-  constexpr bool ROUND = MLXR && zm::kSame<S, T>;
+  // product in the dtype MLX gives y * scores (zm::mlx_weighted).
   constexpr int V = (H % (16 / sizeof(T)) == 0) ? 16 / sizeof(T) : 1;
   constexpr int PER_ROW = H / V;
   const long long tid = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -21,7 +20,7 @@
       const auto v = zm::load<V>(yr + k * H);
 #pragma unroll
       for (int i = 0; i < V; ++i) {
-        acc[i] += ROUND ? zm::round_to<T>(s * zm::to_f(v.v[i])) : s * zm::to_f(v.v[i]);
+        acc[i] += MLXR ? zm::mlx_weighted<S, T>(zm::to_f(v.v[i]), s) : s * zm::to_f(v.v[i]);
       }
     }
     zm::Vec<T, V> o;
@@ -35,7 +34,8 @@
       const float s = zm::to_f(sr[k]);
 #pragma unroll
       for (int i = 0; i < V; ++i) {
-        acc[i] += ROUND ? zm::round_to<T>(s * zm::to_f(yr[k * H + i])) : s * zm::to_f(yr[k * H + i]);
+        acc[i] += MLXR ? zm::mlx_weighted<S, T>(zm::to_f(yr[k * H + i]), s)
+                        : s * zm::to_f(yr[k * H + i]);
       }
     }
 #pragma unroll

@@ -65,8 +65,7 @@
     for (int wp = 0; wp < WPE; ++wp) {
       y += partial[kk * WPE + wp][r];
     }
-    const float p = zm::round_to<T>(y) * zm::to_f(scores[token * K + kk]);
-    prod[kk][r] = zm::kSame<SC, T> ? zm::round_to<T>(p) : p;
+    prod[kk][r] = zm::mlx_weighted<SC, T>(zm::round_to<T>(y), zm::to_f(scores[token * K + kk]));
   }
   __syncthreads();
   const int d = d0 + threadIdx.x;
