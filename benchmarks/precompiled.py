@@ -70,9 +70,9 @@ def _case_gather_add(kernel):
 
 
 CASES = {
-    "glu (1,768) bf16, chained": ("zmlx_glu", _native.plan_glu, _case_glu),
-    "moe_gating (1,128) k=8": ("zmlx_moe_gating", _native.plan_moe_gating, _case_gating),
-    "gather_add (1,8,2048)": ("zmlx_gather_add", _native.plan_gather_add, _case_gather_add),
+    "glu (1,768) bf16, chained": (_native.plan_glu, _case_glu),
+    "moe_gating (1,128) k=8": (_native.plan_moe_gating, _case_gating),
+    "gather_add (1,8,2048)": (_native.plan_gather_add, _case_gather_add),
 }
 
 
@@ -101,10 +101,10 @@ def _time(build) -> tuple[float, float]:
 def per_call(rounds: int) -> dict:
     _compile.use_precompiled(True)
     results = {}
-    for label, (name, plan, case) in CASES.items():
+    for label, (plan, case) in CASES.items():
         builds = {
-            "precompiled": case(K._Kernel(name, plan)),
-            "jit": case(K._Kernel(name, plan, precompiled=False)),
+            "precompiled": case(K._Kernel(plan)),
+            "jit": case(K._Kernel(plan, precompiled=False)),
         }
         for b in builds.values():  # JIT-compile / load, then warm the allocator
             _time(b)

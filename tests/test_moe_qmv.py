@@ -171,6 +171,38 @@ def test_kernels_match_gather_qmm(combo):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize(
+    ("tokens", "d", "inter", "n_experts", "k"),
+    [(1, 2048, 768, 128, 8), (3, 640, 256, 16, 6), (2, 1024, 384, 32, 4)],
+)
+def test_kernels_are_mlx_lm_bitwise_where_mlx_uses_tensor_cores(
+    tokens, d, inter, n_experts, k, group_size, dtype
+):
+    # At least 8 (token, expert) pairs and out features multiples of 128: MLX's gather_qmm runs
+    # qmm_sm80 and the _mma kernels repeat its steps. Against mlx-lm's own unfused path
+    # (separate gate and up projections, nn.silu(g) * u, down, (y * scores).sum(-2)).
+    x, inds, scores, _, down = _case(tokens, d, inter, n_experts, k, 4, group_size, dtype)
+    q = {"transpose": True, "group_size": group_size, "bits": 4}
+    keys = mx.random.split(mx.random.key(1), 2)
+    gate, upp = (_experts(n_experts, inter, d, 4, group_size, dtype, kk) for kk in keys)
+    up = [mx.concatenate([a, b], axis=1) for a, b in zip(gate, upp, strict=True)]
+    xe = mx.expand_dims(x, (-2, -3))
+    g = mx.gather_qmm(xe, *gate, rhs_indices=inds, **q)
+    u = mx.gather_qmm(xe, *upp, rhs_indices=inds, **q)
+    want_act = (nn.silu(g) * u).squeeze(-2)
+    y = mx.gather_qmm(mx.expand_dims(want_act, -2), *down, rhs_indices=inds, **q).squeeze(-2)
+    want = (y * scores[..., None]).sum(axis=-2)
+    poison((want_act.shape, dtype))
+    act = kernels.gather_qmv_swiglu(x, inds, *up, group_size=group_size, bits=4)
+    assert bool(mx.array_equal(act, want_act))
+    poison((want.shape, dtype))
+    out = kernels.gather_qmv_combine(want_act, inds, scores, *down, group_size=group_size, bits=4)
+    assert bool(mx.array_equal(out, want))
+
+
+@pytest.mark.cuda
 def test_kernels_take_int32_indices_and_fp32_scores():
     x, inds, scores, up, down = _case(2, 512, 128, 8, 2, 4, 64, mx.bfloat16)
     i32 = inds.astype(mx.int32)

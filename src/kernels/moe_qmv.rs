@@ -10,14 +10,18 @@ use super::{
 };
 use crate::error::{shape_str, Error, Result};
 
-/// Dequantisation and dot-product helpers both kernels share.
+/// Dequantisation of two values at once in the activation dtype, as MLX does it.
+pub const DEQUANT: &str = include_str!("cuda/dequant.cuh");
+/// The fp32 dot products of the CUDA-core kernels.
 pub const QMV: &str = include_str!("cuda/qmv.cuh");
+/// The tensor-core dot products, in the order of MLX's qmm_sm80.
+pub const MMA: &str = include_str!("cuda/mma.cuh");
 
 pub static MOE_QMV_SWIGLU: KernelSource = KernelSource {
     name: "zmlx_moe_qmv_swiglu",
     inputs: &["x", "indices", "w", "scales", "biases"],
     outputs: &["act"],
-    helpers: &[WARP, QMV, MLX_SILU],
+    helpers: &[WARP, DEQUANT, QMV, MLX_SILU],
     body: include_str!("cuda/moe_qmv_swiglu.cu"),
 };
 
@@ -25,8 +29,24 @@ pub static MOE_QMV_COMBINE: KernelSource = KernelSource {
     name: "zmlx_moe_qmv_combine",
     inputs: &["act", "indices", "scores", "w", "scales", "biases"],
     outputs: &["out"],
-    helpers: &[WARP, QMV],
+    helpers: &[WARP, DEQUANT, QMV],
     body: include_str!("cuda/moe_qmv_combine.cu"),
+};
+
+pub static MOE_QMV_SWIGLU_MMA: KernelSource = KernelSource {
+    name: "zmlx_moe_qmv_swiglu_mma",
+    inputs: &["x", "indices", "w", "scales", "biases"],
+    outputs: &["act"],
+    helpers: &[DEQUANT, MMA, MLX_SILU],
+    body: include_str!("cuda/moe_qmv_swiglu_mma.cu"),
+};
+
+pub static MOE_QMV_COMBINE_MMA: KernelSource = KernelSource {
+    name: "zmlx_moe_qmv_combine_mma",
+    inputs: &["act", "indices", "scores", "w", "scales", "biases"],
+    outputs: &["out"],
+    helpers: &[DEQUANT, MMA],
+    body: include_str!("cuda/moe_qmv_combine_mma.cu"),
 };
 
 pub const BITS: [usize; 2] = [4, 8];
@@ -45,8 +65,8 @@ pub const MAX_PAIRS: usize = 65_535;
 // output rows, a staging pass as long as the work, behind a barrier; on an H200 the kernels
 // reached 35% (swiglu) and 16% (combine) of copy bandwidth at that shape. Now x costs one
 // L1/L2 read per block, each thread issues all of a step's loads before their first use (one
-// DRAM latency per step, no barrier before the arithmetic), and dequantisation takes three
-// instructions per value instead of four (qmv.cuh). At Qwen3-30B-A3B one token gives the
+// DRAM latency per step, no barrier before the arithmetic), and dequantisation runs on pairs
+// of values in T (dequant.cuh, as MLX rounds it). At Qwen3-30B-A3B one token gives the
 // swiglu 1536 blocks of 2 warps (4 gate + 4 up rows each) and the combine 256 blocks of 8
 // warps (8 outputs, one warp per expert: 24 of its lanes have a chunk); each thread has 8
 // chunks (128 B) of weights in flight, about 48-94 KB per SM, more than DRAM latency needs.
@@ -56,6 +76,37 @@ pub const MAX_PAIRS: usize = 65_535;
 // reduces each expert's rows apart (combine_warps_per_expert) to round them as the unfused
 // path does (benchmarks/moe_qmv.py on H100s, separate runs, not an A/B: 11.3 us per call
 // against 7.7-11.7 us for the earlier split-K combine that mixed experts in one sum).
+// Where MLX's own gather_qmm runs its tensor-core kernel (qmm_sm80: half or bfloat16, at least
+// 8 (token, expert) rows, out features a multiple of 128, in features a multiple of
+// max(64, group_size)), its numbers come from the tensor cores' rounding, which fp32 fmas do
+// not reproduce (a random-weight Qwen3-30B-A3B's greedy tokens drifted from the unfused
+// model's after ~20 steps). There the _mma kernels run the same mma.sync steps instead
+// (mma.cuh): one warp per 8 rows of one expert, its rows' whole reduction staged in shared
+// memory with asynchronous copies up front, then the D / 16 steps in order. Elsewhere MLX
+// runs an fp32 qmv and the split-K kernels below keep its dequantisation (dequant.cuh).
+/// Static shared memory a block may use.
+const MMA_SMEM: usize = 48 * 1024;
+
+/// Whether MLX's gather_qmm uses qmm_sm80 for `rows` (token, expert) rows of `n` outputs over
+/// `n_in` inputs, and one _mma block of `warps` warps (8 rows each, staged) fits.
+fn use_mma(
+    dtype: DType,
+    experts: &Experts,
+    q: Quant,
+    rows: usize,
+    n: usize,
+    n_in: usize,
+    warps: usize,
+) -> bool {
+    let staged = 8 * (n_in * q.bits / 8 + 16) + 8 * (n_in / q.group_size + 1) * 4 + 32;
+    matches!(dtype, DType::F16 | DType::BF16)
+        && experts.scales.1 == dtype
+        && rows >= 8
+        && n % 128 == 0
+        && n_in % q.group_size.max(64) == 0
+        && warps * staged <= MMA_SMEM
+}
+
 /// Threads per block are a multiple of 32 up to this many warps, sized so that the reduction's
 /// chunks are spread as evenly as the warp granularity allows.
 const MAX_WARPS: usize = 8;
@@ -253,12 +304,32 @@ pub fn plan_swiglu(
     }
     let inter = rows / 2;
     let pairs = numel(indices.0);
+    let mut out = indices.0.to_vec();
+    out.push(inter);
+    if use_mma(x_dtype, &experts, q, pairs, inter, d, 2) {
+        // Blocks of 2 warps: 8 gate rows, the 8 matching up rows.
+        return Ok(Launch {
+            kernel: &MOE_QMV_SWIGLU_MMA,
+            template: vec![
+                ("T", TemplateArg::DType(x_dtype)),
+                ("S", TemplateArg::DType(experts.scales.1)),
+                ("BITS", TemplateArg::Int(q.bits as i32)),
+                ("GS", TemplateArg::Int(q.group_size as i32)),
+                ("D", TemplateArg::Int(d as i32)),
+                ("I", TemplateArg::Int(inter as i32)),
+                ("K", TemplateArg::Int(k as i32)),
+                ("E", TemplateArg::Int(n_experts as i32)),
+            ],
+            grid: [(inter / 8 * 64) as u32, pairs as u32, 1],
+            threadgroup: [64, 1, 1],
+            output_shapes: vec![out],
+            output_dtypes: vec![x_dtype],
+        });
+    }
     // A block's rows are JB gate rows and the JB matching up rows.
     let jb = rows_per_block(inter, pairs, MAX_BLOCK_ROWS / 2);
     let warps = warps_for(d * q.bits / 128);
     let (grid, threadgroup) = grid(inter, jb, warps, pairs);
-    let mut out = indices.0.to_vec();
-    out.push(inter);
     Ok(Launch {
         kernel: &MOE_QMV_SWIGLU,
         template: vec![
@@ -349,11 +420,32 @@ pub fn plan_combine(
             shape_str(a_shape),
         ));
     }
+    let mut out = lead.to_vec();
+    out.push(d);
+    if use_mma(a_dtype, &experts, q, tokens * k, d, inter, k) {
+        // Blocks of k warps: expert k's 8 rows each.
+        return Ok(Launch {
+            kernel: &MOE_QMV_COMBINE_MMA,
+            template: vec![
+                ("T", TemplateArg::DType(a_dtype)),
+                ("S", TemplateArg::DType(experts.scales.1)),
+                ("BITS", TemplateArg::Int(q.bits as i32)),
+                ("GS", TemplateArg::Int(q.group_size as i32)),
+                ("D", TemplateArg::Int(d as i32)),
+                ("I", TemplateArg::Int(inter as i32)),
+                ("K", TemplateArg::Int(k as i32)),
+                ("E", TemplateArg::Int(n_experts as i32)),
+                ("SC", TemplateArg::DType(s_dtype)),
+            ],
+            grid: [(d / 8 * k * 32) as u32, tokens as u32, 1],
+            threadgroup: [(k * 32) as u32, 1, 1],
+            output_shapes: vec![out],
+            output_dtypes: vec![a_dtype],
+        });
+    }
     let rb = rows_per_block(d, tokens, MAX_BLOCK_ROWS);
     let warps = k * combine_warps_per_expert(k, inter * q.bits / 128);
     let (grid, threadgroup) = grid(d, rb, warps, tokens);
-    let mut out = lead.to_vec();
-    out.push(d);
     Ok(Launch {
         kernel: &MOE_QMV_COMBINE,
         template: vec![
@@ -394,20 +486,22 @@ mod tests {
 
     #[test]
     fn qwen3_30b_a3b_decode_shapes() {
-        // D = 2048, I = 768, E = 128, k = 8, 4-bit, group 64.
+        // D = 2048, I = 768, E = 128, k = 8, 4-bit, group 64: MLX runs qmm_sm80 (8 pairs, out
+        // features multiples of 128), so do we.
+        let gate_up = || experts(&[128, 1536, 256], &[128, 1536, 32], DType::BF16);
         let l = plan_swiglu(
             (&[1, 1, 2048], DType::BF16),
             (&[1, 1, 8], DType::U32),
-            experts(&[128, 1536, 256], &[128, 1536, 32], DType::BF16),
+            gate_up(),
             4,
             64,
         )
         .unwrap();
+        assert_eq!(l.kernel.name, "zmlx_moe_qmv_swiglu_mma");
         assert_eq!(l.output_shapes, vec![vec![1, 1, 8, 768]]);
-        // 4 gate + 4 up rows per block, 64 chunks a row over 2 warps: 1536 blocks.
-        assert_eq!(l.grid, [192 * 64, 8, 1]);
-        assert_eq!(template(&l, "JB"), TemplateArg::Int(4));
-        assert_eq!(template(&l, "WARPS"), TemplateArg::Int(2));
+        // Blocks of 2 warps (8 gate rows, 8 up rows): 96 per pair.
+        assert_eq!(l.grid, [96 * 64, 8, 1]);
+        assert_eq!(l.threadgroup, [64, 1, 1]);
         let l = plan_combine(
             (&[1, 1, 8, 768], DType::BF16),
             (&[1, 1, 8], DType::U32),
@@ -417,11 +511,31 @@ mod tests {
             64,
         )
         .unwrap();
+        assert_eq!(l.kernel.name, "zmlx_moe_qmv_combine_mma");
         assert_eq!(l.output_shapes, vec![vec![1, 1, 2048]]);
-        // 8 outputs per block, one warp per expert (24 chunks each): 256 blocks.
+        // 8 outputs per block, one warp per expert: 256 blocks.
         assert_eq!(l.grid, [256 * 256, 1, 1]);
-        assert_eq!(template(&l, "RB"), TemplateArg::Int(8));
-        assert_eq!(template(&l, "WARPS"), TemplateArg::Int(8));
+        assert_eq!(l.threadgroup, [256, 1, 1]);
+        // Fewer than 8 pairs, fp32, or scales in another dtype: MLX's qmv, our split-K kernels.
+        for (idx, x_dt, e) in [
+            (&[1, 1, 4][..], DType::BF16, gate_up()),
+            (
+                &[1, 1, 8],
+                DType::F32,
+                experts(&[128, 1536, 256], &[128, 1536, 32], DType::F32),
+            ),
+            (
+                &[1, 1, 8],
+                DType::BF16,
+                experts(&[128, 1536, 256], &[128, 1536, 32], DType::F16),
+            ),
+        ] {
+            let l = plan_swiglu((&[1, 1, 2048], x_dt), (idx, DType::U32), e, 4, 64).unwrap();
+            assert_eq!(l.kernel.name, "zmlx_moe_qmv_swiglu");
+            // 4 gate + 4 up rows per block, 64 chunks a row over 2 warps.
+            assert_eq!(template(&l, "JB"), TemplateArg::Int(4));
+            assert_eq!(template(&l, "WARPS"), TemplateArg::Int(2));
+        }
     }
 
     #[test]

@@ -32,6 +32,7 @@ thread_local int shuffle_set;
 inline void __syncthreads() { block_bar->arrive_and_wait(); }
 template <typename T> inline T __ldg(const T* p) { return *p; }
 inline float __int_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline float __uint_as_float(unsigned v) { return __int_as_float(v); }
 template <typename V>
 inline V shuffle(V (&slots)[2][64][32], V v, int src_lane) {
   int w = threadIdx.x / 32, l = threadIdx.x % 32, s = shuffle_set ^= 1;
@@ -45,8 +46,51 @@ inline int __shfl_xor_sync(unsigned, int v, int off) {
   return shuffle(warp_slot_i, v, (threadIdx.x % 32) ^ off);
 }
 inline float __shfl_sync(unsigned, float v, int src) { return shuffle(warp_slot, v, src); }
+inline int __shfl_sync(unsigned, int v, int src) { return shuffle(warp_slot_i, v, src); }
+inline void __syncwarp(unsigned = 0xffffffffu) { warp_bar[threadIdx.x / 32]->arrive_and_wait(); }
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const unsigned long long v = x | (unsigned long long)y << 32;
+  unsigned r = 0;
+  for (int i = 0; i < 4; ++i) r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+  return r;
+}
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 using std::min;
+// cuda_fp16.h leaves __hfma2 device-only: each lane computed exactly in double and rounded
+// once, as the device's fma.rn.f16x2.
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
+  auto lane = [](__half x, __half y, __half z) {
+    return __double2half((double)__half2float(x) * (double)__half2float(y) + (double)__half2float(z));
+  };
+  return __halves2half2(lane(__low2half(a), __low2half(b), __low2half(c)),
+                        lane(__high2half(a), __high2half(b), __high2half(c)));
+}
+// One mma.sync m16n8k16 step as mma.cuh issues it (every row of A holds the same vector): the
+// lanes' fragments meet in two slot sets used in turn, one warp barrier each (as the
+// shuffles); exact products summed in double, rounded once (the tensor cores round
+// differently: the cuda tests check those).
+static unsigned mma_slot[2][64][32][4];
+thread_local int mma_set;
+template <typename T>
+void emulated_mma(float (&c)[4], unsigned a_lo, unsigned a_hi, unsigned b_lo, unsigned b_hi) {
+  static_assert(sizeof(T) == 2, "half types only");
+  auto lo = [](unsigned u) { __half2 h; std::memcpy(&h, &u, 4); return (double)__low2float(h); };
+  auto hi = [](unsigned u) { __half2 h; std::memcpy(&h, &u, 4); return (double)__high2float(h); };
+  const int w = threadIdx.x / 32, t = threadIdx.x % 4, s = mma_set ^= 1;
+  unsigned(&lanes)[32][4] = mma_slot[s][w];
+  unsigned* mine = lanes[threadIdx.x % 32];
+  mine[0] = a_lo, mine[1] = a_hi, mine[2] = b_lo, mine[3] = b_hi;
+  warp_bar[w]->arrive_and_wait();
+  for (int j = 0; j < 2; ++j) {
+    double d = c[j];
+    for (int src = 0; src < 4; ++src) {
+      const unsigned* a = lanes[src];
+      const unsigned* b = lanes[4 * (2 * t + j) + src];
+      d += lo(a[0]) * lo(b[2]) + hi(a[0]) * hi(b[2]) + lo(a[1]) * lo(b[3]) + hi(a[1]) * hi(b[3]);
+    }
+    c[j] = c[j + 2] = (float)d;
+  }
+}
 // A thread that leaves the kernel drops out of the block's later __syncthreads, as on the GPU;
 // the block barrier is made anew for each block.
 struct FreshBlockBarrier {

@@ -41,6 +41,13 @@ __device__ __forceinline__ float mlx_weighted(float y, float s) {
   return kSame<S, T> ? round_to<T>(y * s) : y * s;
 }
 
+// acc + term, one step of MLX's sum over those products (in order): rounded to T when they are
+// T (MLX accumulates a half-type sum in its own dtype), else fp32.
+template <typename S, typename T>
+__device__ __forceinline__ float mlx_sum_step(float acc, float term) {
+  return kSame<S, T> ? round_to<T>(acc + term) : acc + term;
+}
+
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 template <typename T, int N>

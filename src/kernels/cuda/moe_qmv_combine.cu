@@ -1,7 +1,7 @@
   // Decode-size MoE down-projection and combine, rounded as mlx-lm's unfused path (gather_qmm,
   // then (y * scores[..., None]).sum(-2)): y_k[d] = row d of expert indices[token, k]'s down
   // matrix . act[token, k] in fp32, rounded to T; out[token, d] = sum over k in order of
-  // y_k[d] * scores[token, k] (rounded to T when the scores are T) in fp32, then T.
+  // y_k[d] * scores[token, k], products and sum rounded to T when the scores are T, else fp32.
   // A block owns RB outputs d of one token (blockIdx.y). Expert k's 16-byte weight chunks
   // (I * BITS / 128 per row) are split over its own WPE warps (WARPS = K * WPE): a thread
   // reads each of its act chunks once, straight from global memory, and reuses it for all RB
@@ -31,20 +31,20 @@
     if (CHUNKS % NT == 0 || c < CHUNKS) {
       // All of the step's weights, scales and biases are requested before act: one latency.
       uint4 q[RB];
-      float sc[RB], bi[RB];
+      T sc[RB], bi[RB];
 #pragma unroll
       for (int r = 0; r < RB; ++r) {
         const long long rw = e * D + min(d0 + r, D - 1);
         q[r] = __ldg(reinterpret_cast<const uint4*>(w) + rw * CHUNKS + c);
         const long long sb = rw * (I / GS) + c * VALS / GS;
-        sc[r] = zm::to_f(scales[sb]);
-        bi[r] = zm::to_f(biases[sb]);
+        sc[r] = zm::from_f<T>(zm::to_f(scales[sb]));
+        bi[r] = zm::from_f<T>(zm::to_f(biases[sb]));
       }
-      float4 xv[VALS / 4];
-      const float xsum = zm::chunk_x<BITS>(xv, arow + c * VALS);
+      float xs[VALS];
+      zm::chunk_x<BITS>(xs, arow + c * VALS);
 #pragma unroll
       for (int r = 0; r < RB; ++r) {
-        acc[r] += sc[r] * zm::chunk_dot<BITS>(q[r], xv) + bi[r] * xsum;
+        acc[r] += zm::chunk_dot<BITS>(q[r], xs, sc[r], bi[r]);
       }
     }
   }
@@ -73,7 +73,7 @@
     float sum = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < K; ++kk) {
-      sum += prod[kk][threadIdx.x];
+      sum = zm::mlx_sum_step<SC, T>(sum, prod[kk][threadIdx.x]);
     }
     out[token * D + d] = zm::from_f<T>(sum);
   }

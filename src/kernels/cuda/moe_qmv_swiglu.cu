@@ -30,19 +30,19 @@
     if (CHUNKS % NT == 0 || c < CHUNKS) {
       // All of the step's weights, scales and biases are requested before x: one latency.
       uint4 q[NR];
-      float sc[NR], bi[NR];
+      T sc[NR], bi[NR];
 #pragma unroll
       for (int r = 0; r < NR; ++r) {
         q[r] = __ldg(reinterpret_cast<const uint4*>(w) + row[r] * CHUNKS + c);
         const long long sb = row[r] * (D / GS) + c * VALS / GS;
-        sc[r] = zm::to_f(scales[sb]);
-        bi[r] = zm::to_f(biases[sb]);
+        sc[r] = zm::from_f<T>(zm::to_f(scales[sb]));
+        bi[r] = zm::from_f<T>(zm::to_f(biases[sb]));
       }
-      float4 xv[VALS / 4];
-      const float xsum = zm::chunk_x<BITS>(xv, xrow + c * VALS);
+      float xs[VALS];
+      zm::chunk_x<BITS>(xs, xrow + c * VALS);
 #pragma unroll
       for (int r = 0; r < NR; ++r) {
-        acc[r] += sc[r] * zm::chunk_dot<BITS>(q[r], xv) + bi[r] * xsum;
+        acc[r] += zm::chunk_dot<BITS>(q[r], xs, sc[r], bi[r]);
       }
     }
   }
