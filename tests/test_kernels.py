@@ -376,6 +376,39 @@ def test_moe_gating_matches_mlx_lm(device, tokens, experts, k, dtype, mode, norm
     check_gating(logits, k, mode, norm_topk, bias, scale)
 
 
+@pytest.mark.parametrize("experts", [128, 60, 256])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("ties", "norm_topk"), [("higher", True), ("lower", False)])
+def test_moe_gating_mlx_rounding_is_mlx_lm(device, experts, dtype, ties, norm_topk):
+    # mlx-lm's own lines (qwen3_moe: top of an ascending argpartition, renormalised; qwen2_moe:
+    # head of a descending one), positions and all. On the GPU bit for bit where the kernel
+    # repeats MLX's softmax (up to 32 * 16 / itemsize experts), else within the dtype's
+    # tolerance with the same picks.
+    logits = rand((64, experts), dtype)
+    k = 8
+    got_s, got_i = kernels.moe_gating(
+        logits, k, norm_topk=norm_topk, ties=ties, rounding="mlx", differentiable=False
+    )
+    g = mx.softmax(logits, axis=-1, precise=True)
+    if ties == "higher":
+        want_i = mx.argpartition(g, kth=-k, axis=-1)[..., -k:]
+    else:
+        want_i = mx.argpartition(-g, kth=k - 1, axis=-1)[..., :k]
+    want_s = mx.take_along_axis(g, want_i, axis=-1)
+    if norm_topk:
+        want_s = want_s / want_s.sum(axis=-1, keepdims=True)
+    assert got_s.dtype == dtype and got_i.dtype == mx.uint32
+    if device == "gpu" and experts * dtype.size <= 512:
+        assert bool(mx.array_equal(got_i, want_i.astype(mx.uint32)))
+        assert bool(mx.array_equal(got_s, want_s))
+    else:
+        got_sorted = mx.sort(got_i, axis=-1)
+        assert bool(mx.array_equal(got_sorted, mx.sort(want_i.astype(mx.uint32), axis=-1)))
+        assert_close(got_s, f64(want_s), dtype)
+    with pytest.raises(ValueError, match="'rounding' must be 'fp32' or 'mlx'"):
+        kernels.moe_gating(logits, k, rounding="bf16")
+
+
 def test_moe_gating_leading_dims_and_sigmoid_without_bias(device):
     logits = rand((2, 3, 40), mx.float32)
     check_gating(logits, 3, "sigmoid", True, None, 1.0)

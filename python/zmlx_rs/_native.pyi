@@ -118,6 +118,7 @@ def plan_moe_gating(
     bias_dtype: str | None,
     scale: float,
     ties: str,
+    mlx_rounding: bool = False,
 ) -> Launch: ...
 def plan_gather_add(
     y_shape: list[int],

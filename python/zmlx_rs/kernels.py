@@ -418,6 +418,7 @@ def _gating_launch(
     bias: mx.array | None,
     scale: float,
     ties: str,
+    mlx: bool,
 ) -> _Launch:
     kernel = _GATING if bias is None else _GATING_BIASED
     try:
@@ -430,6 +431,7 @@ def _gating_launch(
             None if bias is None else (bias.shape, bias.dtype),
             scale,
             ties,
+            mlx,
         )
         got = kernel._launches.get(key)
     except (AttributeError, TypeError):
@@ -460,6 +462,7 @@ def _gating_launch(
         b_dtype,
         float(scale),
         ties,
+        mlx,
     )
 
 
@@ -492,6 +495,7 @@ def moe_gating(
     bias: mx.array | None = None,
     scale: float = 1.0,
     ties: str = "lower",
+    rounding: str = "fp32",
     differentiable: bool = True,
 ) -> tuple[mx.array, mx.array]:
     """Router logits (..., n_experts) -> (scores, indices), each (..., k), in one kernel.
@@ -511,8 +515,14 @@ def moe_gating(
     ``argpartition(-g)[..., :k]`` (mixtral, qwen2_moe, glm4_moe, deepseek_v3); without CUDA
     the MLX reference picks as MLX's own argpartition does there. Scores are differentiable in
     logits unless ``differentiable=False`` (see :func:`swiglu`).
+
+    ``rounding="mlx"`` (``mode="softmax"``): the numbers and order of mlx-lm's own lines on
+    MLX-CUDA, bit for bit up to 256 experts in half types (128 in fp32): MLX's softmax
+    arithmetic, the picks in its argpartition's order (ascending for ``ties="higher"``), the
+    renormalising sum in that order in the logits' dtype.
     """
-    launch = _gating_launch(logits, k, mode, norm_topk, bias, scale, ties)
+    mlx = _mlx_rounding(rounding, "moe_gating")
+    launch = _gating_launch(logits, k, mode, norm_topk, bias, scale, ties, mlx)
     if _backend.on_cuda():
         if not differentiable:
             if bias is None:
@@ -522,7 +532,16 @@ def moe_gating(
             return scores, indices
         scores, indices = _gating_fused(logits, bias, k, mode, norm_topk, scale, launch)
         return scores, mx.stop_gradient(indices)
-    return ref.moe_gating(logits, k, mode=mode, norm_topk=norm_topk, bias=bias, scale=scale)
+    return ref.moe_gating(
+        logits,
+        k,
+        mode=mode,
+        norm_topk=norm_topk,
+        bias=bias,
+        scale=scale,
+        ties=ties,
+        rounding=rounding,
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -123,8 +123,25 @@ def moe_gating(
     norm_topk: bool = True,
     bias: mx.array | None = None,
     scale: float = 1.0,
+    ties: str = "lower",
+    rounding: str = "fp32",
 ) -> tuple[mx.array, mx.array]:
-    """mlx-lm's gating math, with the k picks ordered by descending selection score."""
+    """mlx-lm's gating math, with the k picks ordered by descending selection score; with
+    ``rounding="mlx"`` and ``mode="softmax"``, mlx-lm's own lines (its argpartition's order
+    for ``ties``: ``"higher"`` the top of an ascending one, ``"lower"`` of a descending one)."""
+    if rounding == "mlx" and mode == "softmax":
+        g = mx.softmax(logits, axis=-1, precise=True)
+        if ties == "higher":
+            picked = mx.argpartition(g, kth=-k, axis=-1)[..., -k:]
+        else:
+            picked = mx.argpartition(-g, kth=k - 1, axis=-1)[..., :k]
+        picked = mx.stop_gradient(picked)
+        scores = mx.take_along_axis(g, picked, axis=-1)
+        if norm_topk:
+            scores = scores / scores.sum(axis=-1, keepdims=True)
+        if scale != 1.0:
+            scores = scores * scale
+        return scores, picked.astype(mx.uint32)
     if mode == "softmax":
         rank = mx.softmax(logits, axis=-1, precise=True)
     elif mode == "topk_softmax":

@@ -110,6 +110,7 @@ pub fn plan(
     bias: BiasSpec,
     scale: f64,
     ties: Ties,
+    mlx_rounding: bool,
 ) -> Result<Launch> {
     require_float(OP, "logits", dtype)?;
     require_rank(
@@ -184,6 +185,7 @@ pub fn plan(
             ("MODE", TemplateArg::Int(mode.code())),
             ("NORM", TemplateArg::Bool(norm_topk)),
             ("TIE_HIGH", TemplateArg::Bool(ties == Ties::Higher)),
+            ("MLXR", TemplateArg::Bool(mlx_rounding)),
             (
                 "SCALE_BITS",
                 TemplateArg::Int((scale as f32).to_bits() as i32),
@@ -211,6 +213,7 @@ mod tests {
             None,
             1.0,
             Ties::Lower,
+            false,
         )
         .unwrap();
         assert_eq!((l.grid, l.threadgroup), ([32, 1, 1], [32, 1, 1]));
@@ -225,6 +228,7 @@ mod tests {
             Some((&[60], DType::F32)),
             2.5,
             Ties::Lower,
+            false,
         )
         .unwrap();
         assert_eq!((l.grid[0], l.threadgroup[0]), (21 * 32, 96));
@@ -239,6 +243,7 @@ mod tests {
             None,
             1.0,
             Ties::Higher,
+            false,
         );
         assert!(high
             .unwrap()
@@ -249,7 +254,17 @@ mod tests {
     #[test]
     fn bad_arguments_are_named() {
         let softmax = |shape: &[usize], dtype: DType, k: i64| {
-            plan(shape, dtype, k, Mode::Softmax, true, None, 1.0, Ties::Lower)
+            plan(
+                shape,
+                dtype,
+                k,
+                Mode::Softmax,
+                true,
+                None,
+                1.0,
+                Ties::Lower,
+                false,
+            )
         };
         let cases: Vec<(Result<Launch>, &str)> = vec![
             (softmax(&[2, 8], DType::F32, 0), "k"),
@@ -267,6 +282,7 @@ mod tests {
                     Some((&[8], DType::F32)),
                     1.0,
                     Ties::Lower,
+                    false,
                 ),
                 "bias",
             ),
@@ -280,6 +296,7 @@ mod tests {
                     Some((&[7], DType::F32)),
                     1.0,
                     Ties::Lower,
+                    false,
                 ),
                 "bias",
             ),
@@ -293,6 +310,7 @@ mod tests {
                     None,
                     f64::INFINITY,
                     Ties::Lower,
+                    false,
                 ),
                 "scale",
             ),

@@ -218,7 +218,15 @@ pub fn specialisations() -> Vec<Specialisation> {
                     (false, moe_gating::Ties::Higher),
                 ] {
                     add(
-                        moe_gating::plan(&[3, experts], dt, k, mode, norm, None, 1.0, ties),
+                        moe_gating::plan(&[3, experts], dt, k, mode, norm, None, 1.0, ties, false),
+                        vec![dt],
+                    );
+                }
+                if mode == moe_gating::Mode::Softmax {
+                    // mlx-lm's rounding, as the patterns call it (qwen3_moe: norm, ties higher).
+                    let ties = moe_gating::Ties::Higher;
+                    add(
+                        moe_gating::plan(&[3, experts], dt, k, mode, true, None, 1.0, ties, true),
                         vec![dt],
                     );
                 }
@@ -234,6 +242,7 @@ pub fn specialisations() -> Vec<Specialisation> {
                     bias,
                     2.5,
                     moe_gating::Ties::Lower,
+                    false,
                 ),
                 vec![dt, DType::F32],
             );

@@ -179,7 +179,7 @@ fn plan_dropout(
 }
 
 #[pyfunction]
-#[pyo3(signature = (logits_shape, logits_dtype, k, mode, norm_topk, bias_shape, bias_dtype, scale, ties))]
+#[pyo3(signature = (logits_shape, logits_dtype, k, mode, norm_topk, bias_shape, bias_dtype, scale, ties, mlx_rounding=false))]
 #[allow(clippy::too_many_arguments)]
 fn plan_moe_gating(
     logits_shape: Vec<usize>,
@@ -191,6 +191,7 @@ fn plan_moe_gating(
     bias_dtype: Option<&str>,
     scale: f64,
     ties: &str,
+    mlx_rounding: bool,
 ) -> PyResult<Launch> {
     let mode = moe_gating::Mode::parse(mode)?;
     let ties = moe_gating::Ties::parse(ties)?;
@@ -208,6 +209,7 @@ fn plan_moe_gating(
         bias,
         scale,
         ties,
+        mlx_rounding,
     ))
 }
 

@@ -208,6 +208,7 @@ class FusedMoEBlock(Fused):
                 bias=self.gate.e_score_correction_bias,
                 scale=r.scale,
                 ties=r.ties,
+                rounding="mlx",
                 differentiable=self.training,
             )
         return kernels.moe_gating(
@@ -216,6 +217,7 @@ class FusedMoEBlock(Fused):
             mode=r.mode,
             norm_topk=r.norm_topk,
             ties=r.ties,
+            rounding="mlx",
             differentiable=self.training,
         )
 
