@@ -539,6 +539,52 @@ mod tests {
     }
 
     #[test]
+    fn tensor_core_kernels_only_where_their_staging_fits() {
+        // 8 experts of Mixtral-size rows: 8 warps x 8 rows x 7 KiB of down weights, and
+        // 2 warps x 8 rows x 4 KiB of gate|up weights at D = 8192, exceed 48 KiB.
+        let l = plan_combine(
+            (&[1, 8, 14336], DType::BF16),
+            (&[1, 8], DType::U32),
+            (&[1, 8], DType::BF16),
+            experts(&[8, 4096, 1792], &[8, 4096, 224], DType::BF16),
+            4,
+            64,
+        )
+        .unwrap();
+        assert_eq!(l.kernel.name, "zmlx_moe_qmv_combine");
+        let l = plan_swiglu(
+            (&[1, 8192], DType::BF16),
+            (&[1, 8], DType::U32),
+            experts(&[16, 2048, 1024], &[16, 2048, 128], DType::BF16),
+            4,
+            64,
+        )
+        .unwrap();
+        assert_eq!(l.kernel.name, "zmlx_moe_qmv_swiglu");
+        // GLM-4.5-Air (D = 4096, I = 1408, k = 8): gate|up fits (2 x 18.6 KiB), the combine
+        // does not (8 x 6.4 KiB) and keeps the split-K kernel.
+        let l = plan_swiglu(
+            (&[1, 4096], DType::BF16),
+            (&[1, 8], DType::U32),
+            experts(&[128, 2816, 512], &[128, 2816, 64], DType::BF16),
+            4,
+            64,
+        )
+        .unwrap();
+        assert_eq!(l.kernel.name, "zmlx_moe_qmv_swiglu_mma");
+        let l = plan_combine(
+            (&[1, 8, 1408], DType::BF16),
+            (&[1, 8], DType::U32),
+            (&[1, 8], DType::BF16),
+            experts(&[128, 4096, 176], &[128, 4096, 22], DType::BF16),
+            4,
+            64,
+        )
+        .unwrap();
+        assert_eq!(l.kernel.name, "zmlx_moe_qmv_combine");
+    }
+
+    #[test]
     fn small_launches_give_blocks_fewer_rows() {
         // 3 pairs of I = 128: 4 outputs per block would leave 96 blocks.
         let l = plan_swiglu(
