@@ -98,7 +98,10 @@ fn use_mma(
     n_in: usize,
     warps: usize,
 ) -> bool {
-    let staged = 8 * (n_in * q.bits / 8 + 16) + 8 * (n_in / q.group_size + 1) * 4 + 32;
+    // Per warp, as the _mma kernels declare it: 8 weight rows padded by 16 bytes, 8 rows of
+    // (scale, bias) pairs padded to an odd count, 8 fp32 results.
+    let groups = n_in / q.group_size;
+    let staged = 8 * (n_in * q.bits / 8 + 16) + 8 * (groups | 1) * 4 + 8 * 4;
     matches!(dtype, DType::F16 | DType::BF16)
         && experts.scales.1 == dtype
         && rows >= 8
@@ -306,20 +309,21 @@ pub fn plan_swiglu(
     let pairs = numel(indices.0);
     let mut out = indices.0.to_vec();
     out.push(inter);
+    let mut template = vec![
+        ("T", TemplateArg::DType(x_dtype)),
+        ("S", TemplateArg::DType(experts.scales.1)),
+        ("BITS", TemplateArg::Int(q.bits as i32)),
+        ("GS", TemplateArg::Int(q.group_size as i32)),
+        ("D", TemplateArg::Int(d as i32)),
+        ("I", TemplateArg::Int(inter as i32)),
+        ("K", TemplateArg::Int(k as i32)),
+        ("E", TemplateArg::Int(n_experts as i32)),
+    ];
     if use_mma(x_dtype, &experts, q, pairs, inter, d, 2) {
         // Blocks of 2 warps: 8 gate rows, the 8 matching up rows.
         return Ok(Launch {
             kernel: &MOE_QMV_SWIGLU_MMA,
-            template: vec![
-                ("T", TemplateArg::DType(x_dtype)),
-                ("S", TemplateArg::DType(experts.scales.1)),
-                ("BITS", TemplateArg::Int(q.bits as i32)),
-                ("GS", TemplateArg::Int(q.group_size as i32)),
-                ("D", TemplateArg::Int(d as i32)),
-                ("I", TemplateArg::Int(inter as i32)),
-                ("K", TemplateArg::Int(k as i32)),
-                ("E", TemplateArg::Int(n_experts as i32)),
-            ],
+            template,
             grid: [(inter / 8 * 64) as u32, pairs as u32, 1],
             threadgroup: [64, 1, 1],
             output_shapes: vec![out],
@@ -330,20 +334,11 @@ pub fn plan_swiglu(
     let jb = rows_per_block(inter, pairs, MAX_BLOCK_ROWS / 2);
     let warps = warps_for(d * q.bits / 128);
     let (grid, threadgroup) = grid(inter, jb, warps, pairs);
+    template.push(("JB", TemplateArg::Int(jb as i32)));
+    template.push(("WARPS", TemplateArg::Int(warps as i32)));
     Ok(Launch {
         kernel: &MOE_QMV_SWIGLU,
-        template: vec![
-            ("T", TemplateArg::DType(x_dtype)),
-            ("S", TemplateArg::DType(experts.scales.1)),
-            ("BITS", TemplateArg::Int(q.bits as i32)),
-            ("GS", TemplateArg::Int(q.group_size as i32)),
-            ("D", TemplateArg::Int(d as i32)),
-            ("I", TemplateArg::Int(inter as i32)),
-            ("K", TemplateArg::Int(k as i32)),
-            ("E", TemplateArg::Int(n_experts as i32)),
-            ("JB", TemplateArg::Int(jb as i32)),
-            ("WARPS", TemplateArg::Int(warps as i32)),
-        ],
+        template,
         grid,
         threadgroup,
         output_shapes: vec![out],
@@ -422,21 +417,23 @@ pub fn plan_combine(
     }
     let mut out = lead.to_vec();
     out.push(d);
+    let mut template = vec![
+        ("T", TemplateArg::DType(a_dtype)),
+        ("S", TemplateArg::DType(experts.scales.1)),
+        ("BITS", TemplateArg::Int(q.bits as i32)),
+        ("GS", TemplateArg::Int(q.group_size as i32)),
+        ("D", TemplateArg::Int(d as i32)),
+        ("I", TemplateArg::Int(inter as i32)),
+        ("K", TemplateArg::Int(k as i32)),
+        ("E", TemplateArg::Int(n_experts as i32)),
+    ];
+    let scores_dtype = ("SC", TemplateArg::DType(s_dtype));
     if use_mma(a_dtype, &experts, q, tokens * k, d, inter, k) {
         // Blocks of k warps: expert k's 8 rows each.
+        template.push(scores_dtype);
         return Ok(Launch {
             kernel: &MOE_QMV_COMBINE_MMA,
-            template: vec![
-                ("T", TemplateArg::DType(a_dtype)),
-                ("S", TemplateArg::DType(experts.scales.1)),
-                ("BITS", TemplateArg::Int(q.bits as i32)),
-                ("GS", TemplateArg::Int(q.group_size as i32)),
-                ("D", TemplateArg::Int(d as i32)),
-                ("I", TemplateArg::Int(inter as i32)),
-                ("K", TemplateArg::Int(k as i32)),
-                ("E", TemplateArg::Int(n_experts as i32)),
-                ("SC", TemplateArg::DType(s_dtype)),
-            ],
+            template,
             grid: [(d / 8 * k * 32) as u32, tokens as u32, 1],
             threadgroup: [(k * 32) as u32, 1, 1],
             output_shapes: vec![out],
@@ -446,21 +443,12 @@ pub fn plan_combine(
     let rb = rows_per_block(d, tokens, MAX_BLOCK_ROWS);
     let warps = k * combine_warps_per_expert(k, inter * q.bits / 128);
     let (grid, threadgroup) = grid(d, rb, warps, tokens);
+    template.push(("RB", TemplateArg::Int(rb as i32)));
+    template.push(("WARPS", TemplateArg::Int(warps as i32)));
+    template.push(scores_dtype);
     Ok(Launch {
         kernel: &MOE_QMV_COMBINE,
-        template: vec![
-            ("T", TemplateArg::DType(a_dtype)),
-            ("S", TemplateArg::DType(experts.scales.1)),
-            ("BITS", TemplateArg::Int(q.bits as i32)),
-            ("GS", TemplateArg::Int(q.group_size as i32)),
-            ("D", TemplateArg::Int(d as i32)),
-            ("I", TemplateArg::Int(inter as i32)),
-            ("K", TemplateArg::Int(k as i32)),
-            ("E", TemplateArg::Int(n_experts as i32)),
-            ("RB", TemplateArg::Int(rb as i32)),
-            ("WARPS", TemplateArg::Int(warps as i32)),
-            ("SC", TemplateArg::DType(s_dtype)),
-        ],
+        template,
         grid,
         threadgroup,
         output_shapes: vec![out],
@@ -538,50 +526,42 @@ mod tests {
         }
     }
 
+    /// The kernel the planners pick for one bf16 token, k experts of E, 4-bit, group 64.
+    fn picked(k: usize, d: usize, inter: usize, e: usize) -> (&'static str, &'static str) {
+        let (g, p) = (d / 64, d / 8);
+        let up = plan_swiglu(
+            (&[1, d], DType::BF16),
+            (&[1, k], DType::U32),
+            experts(&[e, 2 * inter, p], &[e, 2 * inter, g], DType::BF16),
+            4,
+            64,
+        )
+        .unwrap();
+        let (g, p) = (inter / 64, inter / 8);
+        let down = plan_combine(
+            (&[1, k, inter], DType::BF16),
+            (&[1, k], DType::U32),
+            (&[1, k], DType::BF16),
+            experts(&[e, d, p], &[e, d, g], DType::BF16),
+            4,
+            64,
+        )
+        .unwrap();
+        (up.kernel.name, down.kernel.name)
+    }
+
     #[test]
     fn tensor_core_kernels_only_where_their_staging_fits() {
         // 8 experts of Mixtral-size rows: 8 warps x 8 rows x 7 KiB of down weights, and
         // 2 warps x 8 rows x 4 KiB of gate|up weights at D = 8192, exceed 48 KiB.
-        let l = plan_combine(
-            (&[1, 8, 14336], DType::BF16),
-            (&[1, 8], DType::U32),
-            (&[1, 8], DType::BF16),
-            experts(&[8, 4096, 1792], &[8, 4096, 224], DType::BF16),
-            4,
-            64,
-        )
-        .unwrap();
-        assert_eq!(l.kernel.name, "zmlx_moe_qmv_combine");
-        let l = plan_swiglu(
-            (&[1, 8192], DType::BF16),
-            (&[1, 8], DType::U32),
-            experts(&[16, 2048, 1024], &[16, 2048, 128], DType::BF16),
-            4,
-            64,
-        )
-        .unwrap();
-        assert_eq!(l.kernel.name, "zmlx_moe_qmv_swiglu");
+        assert_eq!(picked(8, 4096, 14336, 8).1, "zmlx_moe_qmv_combine");
+        assert_eq!(picked(8, 8192, 1024, 16).0, "zmlx_moe_qmv_swiglu");
         // GLM-4.5-Air (D = 4096, I = 1408, k = 8): gate|up fits (2 x 18.6 KiB), the combine
         // does not (8 x 6.4 KiB) and keeps the split-K kernel.
-        let l = plan_swiglu(
-            (&[1, 4096], DType::BF16),
-            (&[1, 8], DType::U32),
-            experts(&[128, 2816, 512], &[128, 2816, 64], DType::BF16),
-            4,
-            64,
-        )
-        .unwrap();
-        assert_eq!(l.kernel.name, "zmlx_moe_qmv_swiglu_mma");
-        let l = plan_combine(
-            (&[1, 8, 1408], DType::BF16),
-            (&[1, 8], DType::U32),
-            (&[1, 8], DType::BF16),
-            experts(&[128, 4096, 176], &[128, 4096, 22], DType::BF16),
-            4,
-            64,
-        )
-        .unwrap();
-        assert_eq!(l.kernel.name, "zmlx_moe_qmv_combine");
+        assert_eq!(
+            picked(8, 4096, 1408, 128),
+            ("zmlx_moe_qmv_swiglu_mma", "zmlx_moe_qmv_combine")
+        );
     }
 
     #[test]
