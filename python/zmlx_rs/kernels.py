@@ -199,8 +199,7 @@ _GLU_BWD = _Kernel(_native.plan_glu_backward)
 _GLU_PACKED = _Kernel(_native.plan_glu_packed)
 _GLU_PACKED_BWD = _Kernel(_native.plan_glu_packed_backward)
 _DROPOUT = _Kernel(_native.plan_dropout)
-_GATING = _Kernel(_native.plan_moe_gating)
-_GATING_BIASED = _Kernel(_native.plan_moe_gating)
+_GATING = _Kernel(_native.plan_moe_gating)  # the plan picks the biased kernel for a bias
 _GATHER_ADD = _Kernel(_native.plan_gather_add)
 
 # ---------------------------------------------------------------------------------------
@@ -420,7 +419,6 @@ def _gating_launch(
     ties: str,
     mlx: bool,
 ) -> _Launch:
-    kernel = _GATING if bias is None else _GATING_BIASED
     try:
         key: tuple = (
             logits.shape,
@@ -433,7 +431,7 @@ def _gating_launch(
             ties,
             mlx,
         )
-        got = kernel._launches.get(key)
+        got = _GATING._launches.get(key)
     except (AttributeError, TypeError):
         key, got = (), None
     if got is not None:
@@ -451,7 +449,7 @@ def _gating_launch(
     if bias is not None:
         b_dtype = _dtype_name(bias, "bias", "moe_gating")
         b_shape = list(bias.shape)
-    return kernel.launch(
+    return _GATING.launch(
         key,
         list(logits.shape),
         l_dtype,
@@ -468,9 +466,11 @@ def _gating_launch(
 
 @mx.custom_function
 def _gating_fused(logits, bias, k, mode, norm_topk, scale, launch):
-    if bias is None:
-        return tuple(_GATING([logits], launch))
-    return tuple(_GATING_BIASED([logits, bias], launch))
+    return tuple(_GATING(_gating_inputs(logits, bias), launch))
+
+
+def _gating_inputs(logits: mx.array, bias: mx.array | None) -> list[mx.array]:
+    return [logits] if bias is None else [logits, bias]
 
 
 @_gating_fused.vjp
@@ -525,10 +525,7 @@ def moe_gating(
     launch = _gating_launch(logits, k, mode, norm_topk, bias, scale, ties, mlx)
     if _backend.on_cuda():
         if not differentiable:
-            if bias is None:
-                scores, indices = _GATING([logits], launch)
-            else:
-                scores, indices = _GATING_BIASED([logits, bias], launch)
+            scores, indices = _GATING(_gating_inputs(logits, bias), launch)
             return scores, indices
         scores, indices = _gating_fused(logits, bias, k, mode, norm_topk, scale, launch)
         return scores, mx.stop_gradient(indices)
@@ -581,10 +578,10 @@ def gather_add(
     y: mx.array, scores: mx.array, *, rounding: str = "fp32", differentiable: bool = True
 ) -> mx.array:
     """MoE combine: ``out[..., h] = sum_k y[..., k, h] * scores[..., k]``, fp32 accumulation,
-    in y's dtype. ``scores`` has y's shape without the last axis. ``rounding="mlx"`` rounds
-    each product to the dtype MLX gives ``y * scores`` first, as mlx-lm's
-    ``(y * scores[..., None]).sum(axis=-2)`` does (its reduction may still order the sum
-    differently); ``differentiable`` as in :func:`swiglu`."""
+    in y's dtype. ``scores`` has y's shape without the last axis. ``rounding="mlx"`` rounds as
+    mlx-lm's ``(y * scores[..., None]).sum(axis=-2)`` does on MLX-CUDA: each product in the
+    dtype MLX gives ``y * scores``, and half-type products summed in k order in their dtype
+    (bit-identical there); ``differentiable`` as in :func:`swiglu`."""
     launch = _gather_add_launch(y, scores, _mlx_rounding(rounding, "gather_add"))
     if _backend.on_cuda():
         if differentiable:

@@ -17,8 +17,9 @@ pub static GATHER_ADD: KernelSource = KernelSource {
 
 const OP: &str = "gather_add";
 
-/// `mlx_rounding`: round each product `y * score` to the dtype MLX gives it (y's when scores
-/// share it, else fp32) before the fp32 sum, as mlx-lm's `(y * scores[..., None]).sum(-2)`.
+/// `mlx_rounding`: round as mlx-lm's `(y * scores[..., None]).sum(-2)` on MLX-CUDA: each
+/// product `y * score` in the dtype MLX gives it (y's when scores share it, else fp32), and
+/// each step of the k-ordered sum in that dtype.
 pub fn plan(
     y: &[usize],
     y_dtype: DType,
