@@ -284,3 +284,62 @@ def test_quantized_moe_decode(tokens, d, inter, experts, k, bits, group_size, dt
     )
     (out,) = run(launch, [act, wild, scores, *down])
     close(out, ref.gather_qmv_combine(*f32([act, indices, scores, *down]), **q), dtype)
+
+
+def _mlx_qmv_fp16(x: np.ndarray, q: np.ndarray, s: np.ndarray, b: np.ndarray, gs: int):
+    """MLX-CUDA's one-row 4-bit qmv, operation by operation (fp16): lane t of a row's warp
+    takes values t * 16 + r * 512 + i; slot i accumulates fma(x, fma(q, scale, bias), acc),
+    each fma rounded once to fp16; a lane's 16 slots add in order in fp32, then the warp's
+    lanes by an xor butterfly."""
+    n, k = q.shape
+    rest = k % 512
+    starts = [[t * 16 + r * 512 for r in range(k // 512)] for t in range(32)]
+    for t in range(32):
+        if t * 16 < rest:
+            starts[t].append(k - rest + t * 16)
+    lanes = np.zeros((n, 32), dtype=np.float32)
+    xf = x.astype(np.float64)
+    for t in range(32):
+        acc = np.zeros((n, 16), dtype=np.float16)
+        for idx in starts[t]:
+            cols = np.arange(idx, idx + 16)
+            g = idx // gs
+            w = (q[:, cols] * s[:, g : g + 1].astype(np.float64) + b[:, g : g + 1]).astype(
+                np.float16
+            )
+            acc = (xf[cols] * w.astype(np.float64) + acc.astype(np.float64)).astype(np.float16)
+        total = np.zeros(n, dtype=np.float32)
+        for i in range(16):
+            total = (total + acc[:, i].astype(np.float32)).astype(np.float32)
+        lanes[:, t] = total
+    for o in (16, 8, 4, 2, 1):
+        lanes = (lanes + lanes[:, np.arange(32) ^ o]).astype(np.float32)
+    return lanes[:, 0].astype(np.float16)
+
+
+@pytest.mark.parametrize(("n", "k", "group_size"), [(20, 1024, 64), (9, 544, 32), (5, 32, 32)])
+def test_dense_qmv_is_mlx_arithmetic_bit_for_bit(n, k, group_size):
+    x = mx.random.normal((1, k)).astype(mx.float16)
+    w = mx.random.normal((n, k)) * k**-0.5
+    packed, scales, biases = mx.quantize(w, group_size=group_size, bits=4)
+    scales, biases = scales.astype(mx.float16), biases.astype(mx.float16)
+    launch = _native.plan_qmv(
+        *[(list(a.shape), _name(a)) for a in (x, packed, scales, biases)], 4, group_size
+    )
+    (out,) = run(launch, [x, packed, scales, biases])
+    shifts = np.arange(8, dtype=np.uint32) * 4
+    q = ((np.array(packed)[:, :, None] >> shifts) & 15).reshape(n, k)
+    want = _mlx_qmv_fp16(np.array(x)[0], q, np.array(scales), np.array(biases), group_size)
+    np.testing.assert_array_equal(out[0], want)
+    close(
+        out,
+        ref.qmv(
+            *[
+                a.astype(mx.float32) if a.dtype != mx.uint32 else a
+                for a in (x, packed, scales, biases)
+            ],
+            group_size=group_size,
+            bits=4,
+        ),
+        mx.float16,
+    )

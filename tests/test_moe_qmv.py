@@ -13,7 +13,7 @@ import pytest
 import tiny
 import zmlx_rs
 from helpers import poison
-from zmlx_rs import _native, kernels
+from zmlx_rs import _backend, _native, kernels
 from zmlx_rs import reference as ref
 from zmlx_rs.patterns import Fused, moe_decode
 
@@ -64,12 +64,21 @@ def test_reference_is_the_unfused_mlx_lm_path():
 
 
 def test_fallback_matches_reference():
+    """Without CUDA the ops are the reference itself; on CUDA the kernels run (and sum in
+    another order than gather_qmm), so there they are held to the kernel tolerance."""
     x, inds, scores, up, down = _case(2, 128, 64, 16, 4, 8, 64, mx.float32)
     act = kernels.gather_qmv_swiglu(x, inds, *up, group_size=64, bits=8)
-    assert mx.array_equal(act, ref.gather_qmv_swiglu(x, inds, *up, group_size=64, bits=8))
+    _same(act, ref.gather_qmv_swiglu(x, inds, *up, group_size=64, bits=8))
     out = kernels.gather_qmv_combine(act, inds, scores, *down, group_size=64, bits=8)
     want = ref.gather_qmv_combine(act, inds, scores, *down, group_size=64, bits=8)
-    assert mx.array_equal(out, want)
+    _same(out, want)
+
+
+def _same(got: mx.array, want: mx.array) -> None:
+    if _backend.on_cuda():
+        _close(got, want, mx.float32)
+    else:
+        assert mx.array_equal(got, want)
 
 
 def test_bad_arguments_raise_typed_errors():

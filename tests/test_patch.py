@@ -259,6 +259,7 @@ def test_pattern_selection_and_errors():
         "moe_experts",
         "attention_qkv",
         "dense_mlp",
+        "qmv",
     ]
 
 
@@ -372,6 +373,7 @@ def test_a_specialised_moe_block_can_take_the_patterns_place():
             "moe_experts",
             "attention_qkv",
             "dense_mlp",
+            "qmv",
         ]
         model = build("qwen3_moe")
         ref = model(PROMPT)

@@ -42,6 +42,7 @@ __all__ = [
     "plan_glu_packed",
     "plan_glu_packed_backward",
     "plan_moe_gating",
+    "plan_qmv",
     "settled",
     "specialisation",
     "specialisations",
@@ -308,6 +309,14 @@ def plan_gather_qmv_combine(
     act: tuple[list[int], str],
     indices: tuple[list[int], str],
     scores: tuple[list[int], str],
+    w: tuple[list[int], str],
+    scales: tuple[list[int], str],
+    biases: tuple[list[int], str],
+    bits: int,
+    group_size: int,
+) -> Launch: ...
+def plan_qmv(
+    x: tuple[list[int], str],
     w: tuple[list[int], str],
     scales: tuple[list[int], str],
     biases: tuple[list[int], str],

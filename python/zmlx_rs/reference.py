@@ -19,6 +19,7 @@ __all__ = [
     "geglu_packed",
     "moe_gating",
     "moe_scores_for",
+    "qmv",
     "swiglu",
     "swiglu_packed",
 ]
@@ -207,3 +208,18 @@ def gather_qmv_combine(
         bits=bits,
     )
     return gather_add(y.squeeze(-2), scores)
+
+
+def qmv(
+    x: mx.array,
+    w: mx.array,
+    scales: mx.array,
+    biases: mx.array,
+    *,
+    group_size: int,
+    bits: int,
+) -> mx.array:
+    """What a quantized linear layer without bias computes: x (..., K) -> (..., N)."""
+    return mx.quantized_matmul(
+        x, w, scales, biases, transpose=True, group_size=group_size, bits=bits
+    )

@@ -8,6 +8,7 @@ pub mod gather_add;
 pub mod glu;
 pub mod moe_gating;
 pub mod moe_qmv;
+pub mod qmv;
 pub mod render;
 
 use crate::error::{Error, Result};
@@ -267,6 +268,7 @@ pub fn catalog() -> Vec<&'static KernelSource> {
         &moe_qmv::MOE_QMV_COMBINE,
         &moe_qmv::MOE_QMV_SWIGLU_MMA,
         &moe_qmv::MOE_QMV_COMBINE_MMA,
+        &qmv::QMV,
     ]
 }
 

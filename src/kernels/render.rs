@@ -162,7 +162,7 @@ pub fn cuda_type(dtype: DType) -> Result<&'static str> {
 /// warming: each kernel in every dtype × activation / gating mode, at the sizes real models
 /// use (Qwen3-30B-A3B: E=128, K=8, expert FFN 768, hidden 2048; Mixtral: E=8, K=2) and odd ones.
 pub fn specialisations() -> Vec<Specialisation> {
-    use super::{dropout, gather_add, glu, moe_gating, moe_qmv};
+    use super::{dropout, gather_add, glu, moe_gating, moe_qmv, qmv};
     const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
     let mut out = Vec::new();
     let mut add = |launch: Result<Launch>, inputs: Vec<DType>| {
@@ -299,6 +299,16 @@ pub fn specialisations() -> Vec<Specialisation> {
                     gs as i64,
                 ),
                 vec![dt, DType::U32, dt, DType::U32, dt, dt],
+            );
+        }
+    }
+    // Dense 4-bit qmv at a 7B model's MLP width, and an odd one with a partial last step.
+    for dt in [DType::F16, DType::BF16] {
+        for (n, k, gs) in [(14_336usize, 4096usize, 64i64), (96, 544, 32)] {
+            let (x, w, sb) = ([1, k], [n, k / 8], [n, k / gs as usize]);
+            add(
+                qmv::plan((&x, dt), (&w, DType::U32), (&sb, dt), (&sb, dt), 4, gs),
+                vec![dt, DType::U32, dt, dt],
             );
         }
     }

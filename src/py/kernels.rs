@@ -1,6 +1,7 @@
 use crate::error::Error;
 use crate::kernels::{
-    self, dropout, gather_add, glu, moe_gating, moe_qmv, DType, Launch as CoreLaunch, TemplateArg,
+    self, dropout, gather_add, glu, moe_gating, moe_qmv, qmv, DType, Launch as CoreLaunch,
+    TemplateArg,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyString, PyTuple};
@@ -301,6 +302,27 @@ fn plan_gather_qmv_combine(
     ))
 }
 
+/// Arrays arrive as `(shape, dtype name)` pairs.
+#[pyfunction]
+fn plan_qmv(
+    x: ShapeDtype,
+    w: ShapeDtype,
+    scales: ShapeDtype,
+    biases: ShapeDtype,
+    bits: i64,
+    group_size: i64,
+) -> PyResult<Launch> {
+    const OP: &str = "qmv";
+    launch(qmv::plan(
+        spec(OP, "x", &x)?,
+        spec(OP, "w", &w)?,
+        spec(OP, "scales", &scales)?,
+        spec(OP, "biases", &biases)?,
+        bits,
+        group_size,
+    ))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KernelSpec>()?;
     m.add_class::<Launch>()?;
@@ -316,5 +338,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_gather_add, m)?)?;
     m.add_function(wrap_pyfunction!(plan_gather_qmv_swiglu, m)?)?;
     m.add_function(wrap_pyfunction!(plan_gather_qmv_combine, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_qmv, m)?)?;
     Ok(())
 }

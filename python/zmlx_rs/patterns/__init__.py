@@ -10,13 +10,15 @@ from zmlx_rs.patterns.attention_qkv import AttentionQKV
 from zmlx_rs.patterns.dense_mlp import DenseMLP
 from zmlx_rs.patterns.moe import MoEBlock, MoEExperts
 from zmlx_rs.patterns.moe_decode import MoEDecode
+from zmlx_rs.patterns.qmv import QMV
 
 __all__ = ["ALL", "OK", "Fused", "Pattern", "get", "names", "register"]
 
 # moe_decode first: it takes the MoE blocks with quantised experts its kernels run (measured
 # faster than moe_block on the GPU), moe_block the others; moe_experts after both (it packs
-# the experts inside the block).
-ALL: list[Pattern] = [MoEDecode(), MoEBlock(), MoEExperts(), AttentionQKV(), DenseMLP()]
+# the experts inside the block); qmv last, so that it also takes the stacked projections the
+# others make.
+ALL: list[Pattern] = [MoEDecode(), MoEBlock(), MoEExperts(), AttentionQKV(), DenseMLP(), QMV()]
 
 
 def names() -> list[str]:

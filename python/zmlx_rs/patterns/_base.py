@@ -63,7 +63,9 @@ class Fused(nn.Module):
     pattern: str = ""
 
     def __init__(self, original: nn.Module) -> None:
-        super().__init__()
+        # Not super(): a fused module may also derive from the layer class it stands in for
+        # (qmv's FusedQuantizedLinear), whose constructor makes weights.
+        nn.Module.__init__(self)
         object.__setattr__(self, "_original", original)
         self.note = ""
 
@@ -79,7 +81,11 @@ class Fused(nn.Module):
     def revert_blocker(self) -> str | None:
         """Why this module cannot be reverted, or None."""
         for name, layer in self.__dict__.get("_stacks", {}).items():
-            if self.get(name) is not layer:
+            held = self.get(name)
+            # Another pattern may wrap the stack (qmv): unpatch reverts that one first.
+            while isinstance(held, Fused) and held is not layer:
+                held = held.original
+            if held is not layer:
                 return (
                     f"'{name}' was replaced by a {type(self.get(name)).__name__} after patching "
                     "(LoRA?): fuse or remove it first"
@@ -140,6 +146,9 @@ def fuse_outputs(layers: Sequence[nn.Module]) -> tuple[nn.Module, list[int]]:
     # A shallow copy would share the frozen-set; the fused layer needs its own.
     object.__setattr__(fused, "_no_grad", set(layers[0]._no_grad))
     widths = [layer["weight"].shape[-2] for layer in layers]
+    # Which outputs each original layer owns: patterns that care about the originals' widths
+    # (qmv keeps to the widths MLX runs its qmv kernel at) read it.
+    object.__setattr__(fused, "stacked_widths", tuple(widths))
     keys = list(layers[0].keys())
     for key in keys:
         fused[key] = mx.concatenate([layer[key] for layer in layers], axis=_OUTPUT_AXIS[key])
