@@ -105,7 +105,10 @@ def test_pattern_takes_4bit_linears_and_stacks_and_reverts_bitwise():
     model = _bf16_model("llama")
     tokens = mx.array([[1, 5, 9, 2, 33, 70, 4, 8]])
     want = model(tokens)
-    report = zmlx_rs.patch(model)
+    # Opt-in: patch() without patterns leaves it out.
+    assert "qmv" not in zmlx_rs.patch(model).counts()
+    zmlx_rs.unpatch(model)
+    report = zmlx_rs.patch(model, patterns=patterns.names())
     counts = report.counts()
     # Every layer's o_proj, down_proj, and the q|k|v and gate|up stacks; and the LM head.
     assert counts["qmv"] >= 4 * model.args.num_hidden_layers
@@ -116,7 +119,7 @@ def test_pattern_takes_4bit_linears_and_stacks_and_reverts_bitwise():
     # One token, the kernel's case (on CUDA), against the unpatched model's own one-token run.
     zmlx_rs.unpatch(model)
     one = model(tokens[:, :1])
-    zmlx_rs.patch(model)
+    zmlx_rs.patch(model, patterns=patterns.names())
     assert mx.array_equal(model(tokens[:, :1]), one).item()
     zmlx_rs.unpatch(model)
     assert not any(isinstance(m, patterns.Fused) for _, m in model.named_modules())
@@ -130,7 +133,7 @@ def test_pattern_skips_what_mlx_does_not_run_through_qmv():
     assert "qmv" not in report.counts()
     assert any("float32 scales" in s.reason for s in report.skipped)
     model = _bf16_model("llama")
-    report = zmlx_rs.patch(model, patterns=["qmv"], exclude=[])
+    report = zmlx_rs.patch(model, patterns=["qmv"])
     assert report.counts()["qmv"] > 0
     wide = nn.QuantizedLinear(64, 16_448, bits=4, group_size=32)
     wide.set_dtype(mx.bfloat16)
@@ -157,7 +160,7 @@ def test_lora_converts_the_patched_layers_and_unpatch_still_restores():
 
 def test_stacked_layers_block_unpatch_only_when_something_else_took_them():
     model = _bf16_model("qwen3")
-    zmlx_rs.patch(model)
+    zmlx_rs.patch(model, patterns=patterns.names())
     mlp = model.model.layers[0].mlp
     assert isinstance(mlp.gate_up_proj, FusedQuantizedLinear)
     assert mlp.revert_blocker() is None

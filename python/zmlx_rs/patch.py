@@ -33,8 +33,10 @@ def patch(
 ) -> PatchReport:
     """Fuse what can be fused in `model`, in place; returns what was done and why not.
 
-    - `patterns`: names (or Pattern objects) to try, in registry order; default: all of
-      `zmlx_rs.patterns.ALL`.
+    - `patterns`: names (or Pattern objects) to try, in registry order; default: those of
+      `zmlx_rs.patterns.ALL` that are on by default (`qmv` is not: it trades CPU time per
+      call for GPU time, which pays only where decode waits on the GPU; smart_patch
+      measures it).
     - `exclude`: pattern names, or module-path globs (`"model.layers.0.*"`), to leave alone.
     - `plan`: a PatchReport (or its `to_dict()`) from an earlier `patch`: patch exactly the
       modules it lists as patched, each still checked by its pattern.
@@ -134,7 +136,7 @@ def _choose(
     if isinstance(exclude, str):
         raise ZmlxError(f"patch(): 'exclude' must be a list of names, got the string {exclude!r}")
     if patterns is None:
-        chosen = list(registry.ALL)
+        chosen = [p for p in registry.ALL if p.by_default]
     else:
         given = [p if isinstance(p, Pattern) else registry.get(p) for p in patterns]
         order = {p.name: i for i, p in enumerate(registry.ALL)}

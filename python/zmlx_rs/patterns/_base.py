@@ -38,6 +38,8 @@ class Pattern:
 
     name: str = ""
     description: str = ""
+    # Whether `patch()` without `patterns` tries it (smart_patch always measures it).
+    by_default: bool = True
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         """`OK` if `apply` can patch `module`, a reason if it is a candidate that cannot be

@@ -60,6 +60,10 @@ class FusedQuantizedLinear(Fused, nn.QuantizedLinear):
 class QMV(Pattern):
     name = "qmv"
     description = "4-bit quantized linear at one token: a faster kernel, bitwise MLX's qmv"
+    # Its kernel node costs more CPU time per call than MLX's built-in one (~2 us): where
+    # decode is bound by graph building and encoding (7B-30B models on a fast GPU) it loses,
+    # where the GPU is the bound (larger dense models, a slower GPU) it wins.
+    by_default = False
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         if type(module) is not nn.QuantizedLinear:
