@@ -17,9 +17,6 @@ pub static QMV: KernelSource = KernelSource {
     body: include_str!("cuda/qmv.cu"),
 };
 
-/// The widths MLX-CUDA multiplies with its qmv kernel for one row on Hopper (wider ones go
-/// to its tensor-core qmm_sm90, whose rounding differs): where this kernel is MLX bit for bit.
-pub const MLX_QMV_MAX: usize = 16_384;
 /// Rows of x ride on the grid's y axis.
 pub const MAX_ROWS: usize = 65_535;
 // Geometry, measured on an H100 (bf16, 64 calls of distinct weights per graph; ROWS x WARPS x

@@ -7,8 +7,9 @@ arithmetic) in about two thirds of the time at 7B widths. The layer is replaced 
 `FusedQuantizedLinear`, which *is* an `nn.QuantizedLinear` holding the same arrays (LoRA
 conversion and `model.parameters()` see what they saw) and takes the kernel only for one
 row in inference mode; anything else runs the original `quantized_matmul`. Layers wider
-than MLX's qmv (16384 outputs or inputs, e.g. the LM head of a large vocabulary) stay as
-they are: MLX multiplies those with tensor cores, which round otherwise. A stack made by
+than 16384 outputs or inputs (e.g. the LM head of a large vocabulary) stay as they are: MLX's
+source sends such rows to its tensor-core qmm_sm90 on Hopper, which rounds otherwise (0.32.4
+still matched at 28672x4096; wider was not checked). A stack made by
 another pattern (gate|up, q|k|v) counts by the widths of the layers it stacked, each of
 which MLX would have run through its qmv.
 """
@@ -79,8 +80,8 @@ class QMV(Pattern):
         widths = getattr(module, "stacked_widths", (weight.shape[0],))
         if max(widths) > _MLX_QMV_MAX or k > _MLX_QMV_MAX:
             return (
-                f"{max(widths)}x{k} is wider than MLX's qmv ({_MLX_QMV_MAX}): MLX multiplies it "
-                "with tensor cores, which round otherwise"
+                f"{max(widths)}x{k} is wider than MLX's qmv ({_MLX_QMV_MAX}): MLX may multiply "
+                "it with tensor cores, which round otherwise"
             )
         return OK
 
