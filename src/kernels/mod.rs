@@ -10,6 +10,7 @@ pub mod moe_gating;
 pub mod moe_qmv;
 pub mod qmv;
 pub mod render;
+pub mod shake;
 
 use crate::error::{Error, Result};
 use std::fmt;
@@ -128,14 +129,15 @@ pub struct KernelSource {
 }
 
 impl KernelSource {
-    /// The helper code placed before the kernel, minified: MLX hashes the whole source on
-    /// every evaluation, so every byte here is paid per call.
+    /// The helper code placed before the kernel, minified and cut to what the body reaches
+    /// ([`shake`]): MLX hashes the whole source on every evaluation, so every byte here is
+    /// paid per call.
     pub fn header(&self) -> String {
-        let mut out = minify(BASE);
+        let mut all = minify(BASE);
         for h in self.helpers {
-            out.push_str(&minify(h));
+            all.push_str(&minify(h));
         }
-        out
+        shake::shake(&all, &minify(self.body))
     }
 
     /// The body as `mx.fast.cuda_kernel` takes it, minified.
