@@ -343,3 +343,62 @@ def test_dense_qmv_is_mlx_arithmetic_bit_for_bit(n, k, group_size):
         ),
         mx.float16,
     )
+
+
+def _mlx_add_rms_norm(x, r, w, eps, block, chunks, vec, dtype):
+    """MLX-CUDA's add then rms_norm_small, operation by operation (fp32 inputs here are the
+    kernel's T; half types round h and the products through T)."""
+    rows, d = x.shape
+    h = (x.astype(np.float32) + r.astype(np.float32)).astype(dtype)
+    hf = h.astype(np.float32)
+    sq = np.zeros((rows, block), dtype=np.float32)
+    for c in range(chunks):
+        for v in range(vec):
+            i = (block * c + np.arange(block)) * vec + v
+            vals = np.where(i < d, hf[:, np.minimum(i, d - 1)], np.float32(0))
+            # fma(v, v, acc): the exact square plus acc, rounded once (float64 is exact here).
+            sq = (vals.astype(np.float64) ** 2 + sq).astype(np.float32)
+    warps = sq.reshape(rows, block // 32, 32)
+    for o in (16, 8, 4, 2, 1):
+        warps = (warps + warps[:, :, np.arange(32) ^ o]).astype(np.float32)
+    total = warps[:, :, 0]
+    lanes = np.zeros((rows, 32), dtype=np.float32)
+    lanes[:, : block // 32] = total
+    if block > 32:
+        for o in (16, 8, 4, 2, 1):
+            lanes = (lanes + lanes[:, np.arange(32) ^ o]).astype(np.float32)
+    else:
+        lanes[:, 0] = total[:, 0]
+    scale = np.float32(1) / np.sqrt(lanes[:, :1] / np.float32(d) + np.float32(eps))
+    y = (hf * scale).astype(np.float32).astype(dtype)
+    return h, (w.astype(np.float32) * y.astype(np.float32)).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    ("rows", "d", "dtype"),
+    [(2, 1024, mx.float16), (1, 1000, mx.float16), (3, 96, mx.float32), (1, 1536, mx.float32)],
+    ids=str,
+)
+def test_add_rms_norm_is_mlx_arithmetic(rows, d, dtype):
+    x, r = (mx.random.normal((rows, d)).astype(dtype) for _ in range(2))
+    w = mx.random.uniform(0.5, 1.5, (d,)).astype(dtype)
+    spec = [(list(a.shape), _name(a)) for a in (x, r, w)]
+    launch = _native.plan_add_rms_norm(*spec, 1e-5)
+    h, out = run(launch, [x, r, w])
+    t = dict(launch.template)
+    np_dtype = NP[_name(x)]
+    want_h, want = _mlx_add_rms_norm(
+        np.array(x), np.array(r), np.array(w), 1e-5, t["BLOCK"], t["CHUNKS"], t["VEC"], np_dtype
+    )
+    np.testing.assert_array_equal(h, want_h)
+    # The kernel's rsqrtf is the GPU's approximation; the host stands in 1 / sqrt: within an
+    # ulp of T after the scaling.
+    np.testing.assert_allclose(
+        out.astype(np.float64),
+        want.astype(np.float64),
+        rtol=2e-3 if dtype == mx.float16 else 1e-6,
+        atol=1e-6,
+    )
+    ref_h, ref_out = ref.add_rms_norm(x, r, w, 1e-5)
+    np.testing.assert_array_equal(h, np.array(ref_h))
+    close(out, ref_out, dtype)

@@ -254,6 +254,7 @@ def test_pattern_selection_and_errors():
     with pytest.raises(ZmlxError, match="'model'"):
         zmlx_rs.patch(object())
     assert patterns.names() == [
+        "add_norm",
         "moe_decode",
         "moe_block",
         "moe_experts",
@@ -368,6 +369,7 @@ def test_a_specialised_moe_block_can_take_the_patterns_place():
     try:
         patterns.register(MoEBlock(fused_class=CountingBlock))
         assert patterns.names() == [
+            "add_norm",
             "moe_decode",
             "moe_block",
             "moe_experts",

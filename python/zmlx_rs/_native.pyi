@@ -33,6 +33,7 @@ __all__ = [
     "kernel_spec",
     "locate_toolchain",
     "median",
+    "plan_add_rms_norm",
     "plan_dropout",
     "plan_gather_add",
     "plan_gather_qmv_combine",
@@ -322,4 +323,7 @@ def plan_qmv(
     biases: tuple[list[int], str],
     bits: int,
     group_size: int,
+) -> Launch: ...
+def plan_add_rms_norm(
+    x: tuple[list[int], str], r: tuple[list[int], str], w: tuple[list[int], str], eps: float
 ) -> Launch: ...

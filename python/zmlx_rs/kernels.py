@@ -17,6 +17,7 @@ from zmlx_rs import _backend, _compile, _native
 from zmlx_rs import reference as ref
 
 __all__ = [
+    "add_rms_norm",
     "dropout",
     "gather_add",
     "gather_qmv_combine",
@@ -790,3 +791,34 @@ def qmv(
     if _backend.on_cuda():
         return _QMV([x, w, scales, biases], launch)[0]
     return ref.qmv(x, w, scales, biases, group_size=group_size, bits=bits)
+
+
+_ADD_RMS_NORM = _Kernel(_native.plan_add_rms_norm)
+
+
+def add_rms_norm(
+    x: mx.array, r: mx.array, weight: mx.array, eps: float = 1e-5
+) -> tuple[mx.array, mx.array]:
+    """``h = x + r`` and ``mx.fast.rms_norm(h, weight, eps)`` in one node: returns (h, normed).
+
+    x and r (..., D) of one float dtype, weight (D,) of that dtype, D up to 8192 (4096 in
+    float32). On MLX-CUDA one kernel with MLX's own arithmetic for both ops (bit for bit
+    where MLX runs its one-block-per-row RMSNorm, which covers these sizes); elsewhere the
+    two MLX ops. Inference only (no vjp).
+    """
+    try:
+        key: tuple = (x.shape, x.dtype, r.shape, r.dtype, weight.shape, weight.dtype, eps)
+        launch = _ADD_RMS_NORM._launches.get(key)
+    except (AttributeError, TypeError):
+        key, launch = (), None
+    if launch is None:
+        op = "add_rms_norm"
+        if isinstance(eps, bool) or not isinstance(eps, int | float):
+            raise _native.ZmlxError(f"{op}(): 'eps' must be a number, got {eps!r}")
+        launch = _ADD_RMS_NORM.launch(
+            key, _qmv_spec(x, "x", op), _qmv_spec(r, "r", op), _qmv_spec(weight, "weight", op), eps
+        )
+    if _backend.on_cuda():
+        h, out = _ADD_RMS_NORM([x, r, weight], launch)
+        return h, out
+    return ref.add_rms_norm(x, r, weight, eps)

@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 __all__ = [
+    "add_rms_norm",
     "dropout",
     "gather_add",
     "gather_qmv_combine",
@@ -223,3 +224,11 @@ def qmv(
     return mx.quantized_matmul(
         x, w, scales, biases, transpose=True, group_size=group_size, bits=bits
     )
+
+
+def add_rms_norm(
+    x: mx.array, r: mx.array, weight: mx.array, eps: float
+) -> tuple[mx.array, mx.array]:
+    """A transformer block's `h = x + r` and the RMSNorm that reads it: (h, rms_norm(h))."""
+    h = x + r
+    return h, mx.fast.rms_norm(h, weight, eps)

@@ -3,6 +3,7 @@
 //! launch geometry, and the validation of its inputs. Nothing here touches MLX: the Python
 //! layer hands shapes and dtypes in and gets a [`Launch`] back.
 
+pub mod add_rms_norm;
 pub mod dropout;
 pub mod gather_add;
 pub mod glu;
@@ -271,6 +272,7 @@ pub fn catalog() -> Vec<&'static KernelSource> {
         &moe_qmv::MOE_QMV_SWIGLU_MMA,
         &moe_qmv::MOE_QMV_COMBINE_MMA,
         &qmv::QMV,
+        &add_rms_norm::ADD_RMS_NORM,
     ]
 }
 

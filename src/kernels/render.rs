@@ -162,7 +162,7 @@ pub fn cuda_type(dtype: DType) -> Result<&'static str> {
 /// warming: each kernel in every dtype × activation / gating mode, at the sizes real models
 /// use (Qwen3-30B-A3B: E=128, K=8, expert FFN 768, hidden 2048; Mixtral: E=8, K=2) and odd ones.
 pub fn specialisations() -> Vec<Specialisation> {
-    use super::{dropout, gather_add, glu, moe_gating, moe_qmv, qmv};
+    use super::{add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qmv};
     const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
     let mut out = Vec::new();
     let mut add = |launch: Result<Launch>, inputs: Vec<DType>| {
@@ -309,6 +309,16 @@ pub fn specialisations() -> Vec<Specialisation> {
             add(
                 qmv::plan((&x, dt), (&w, DType::U32), (&sb, dt), (&sb, dt), 4, gs),
                 vec![dt, DType::U32, dt, dt],
+            );
+        }
+    }
+    // Residual add + RMSNorm at Mistral-7B's and Qwen3-30B-A3B's widths and an odd one.
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        for d in [4096usize, 2048, 1000] {
+            let x = [1, d];
+            add(
+                add_rms_norm::plan((&x, dt), (&x, dt), (&[d], dt), 1e-5),
+                vec![dt, dt, dt],
             );
         }
     }

@@ -1,7 +1,7 @@
 use crate::error::Error;
 use crate::kernels::{
-    self, dropout, gather_add, glu, moe_gating, moe_qmv, qmv, DType, Launch as CoreLaunch,
-    TemplateArg,
+    self, add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qmv, DType,
+    Launch as CoreLaunch, TemplateArg,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyString, PyTuple};
@@ -323,6 +323,18 @@ fn plan_qmv(
     ))
 }
 
+/// Arrays arrive as `(shape, dtype name)` pairs.
+#[pyfunction]
+fn plan_add_rms_norm(x: ShapeDtype, r: ShapeDtype, w: ShapeDtype, eps: f64) -> PyResult<Launch> {
+    const OP: &str = "add_rms_norm";
+    launch(add_rms_norm::plan(
+        spec(OP, "x", &x)?,
+        spec(OP, "r", &r)?,
+        spec(OP, "weight", &w)?,
+        eps,
+    ))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KernelSpec>()?;
     m.add_class::<Launch>()?;
@@ -339,5 +351,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_gather_qmv_swiglu, m)?)?;
     m.add_function(wrap_pyfunction!(plan_gather_qmv_combine, m)?)?;
     m.add_function(wrap_pyfunction!(plan_qmv, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_add_rms_norm, m)?)?;
     Ok(())
 }

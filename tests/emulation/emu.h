@@ -34,6 +34,8 @@ template <typename T> inline T __ldg(const T* p) { return *p; }
 inline float __int_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }
 inline float __uint_as_float(unsigned v) { return __int_as_float(v); }
 inline float __expf(float x) { return std::exp(x); }
+// The GPU's rsqrtf is an approximation (MUFU.RSQ); the host stands in the exact value.
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 template <typename V>
 inline V shuffle(V (&slots)[2][64][32], V v, int src_lane) {
   int w = threadIdx.x / 32, l = threadIdx.x % 32, s = shuffle_set ^= 1;

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from zmlx_rs.errors import ZmlxError
 from zmlx_rs.patterns._base import OK, Fused, Pattern
+from zmlx_rs.patterns.add_norm import AddNorm
 from zmlx_rs.patterns.attention_qkv import AttentionQKV
 from zmlx_rs.patterns.dense_mlp import DenseMLP
 from zmlx_rs.patterns.moe import MoEBlock, MoEExperts
@@ -14,11 +15,19 @@ from zmlx_rs.patterns.qmv import QMV
 
 __all__ = ["ALL", "OK", "Fused", "Pattern", "get", "names", "register"]
 
-# moe_decode first: it takes the MoE blocks with quantised experts its kernels run (measured
-# faster than moe_block on the GPU), moe_block the others; moe_experts after both (it packs
-# the experts inside the block); qmv last, so that it also takes the stacked projections the
-# others make.
-ALL: list[Pattern] = [MoEDecode(), MoEBlock(), MoEExperts(), AttentionQKV(), DenseMLP(), QMV()]
+# add_norm first: it takes the decoder blocks, outside everything else. Then moe_decode: it
+# takes the MoE blocks with quantised experts its kernels run (measured faster than moe_block
+# on the GPU), moe_block the others; moe_experts after both (it packs the experts inside the
+# block); qmv last, so that it also takes the stacked projections the others make.
+ALL: list[Pattern] = [
+    AddNorm(),
+    MoEDecode(),
+    MoEBlock(),
+    MoEExperts(),
+    AttentionQKV(),
+    DenseMLP(),
+    QMV(),
+]
 
 
 def names() -> list[str]:

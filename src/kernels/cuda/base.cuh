@@ -48,6 +48,13 @@ __device__ __forceinline__ float mlx_sum_step(float acc, float term) {
   return kSame<S, T> ? round_to<T>(acc + term) : acc + term;
 }
 
+// a + b and a * b in T, rounded once as T's own operators round them (half and bfloat16 sums
+// and products of two values are exact in fp32, so rounding that once is the same).
+template <typename T>
+__device__ __forceinline__ T add_in(T a, T b) { return from_f<T>(to_f(a) + to_f(b)); }
+template <typename T>
+__device__ __forceinline__ T mul_in(T a, T b) { return from_f<T>(to_f(a) * to_f(b)); }
+
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 template <typename T, int N>

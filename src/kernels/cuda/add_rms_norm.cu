@@ -1,0 +1,56 @@
+  // h = x + r, out = rms_norm(h) * w: a residual add and the RMSNorm after it in one node,
+  // with MLX-CUDA's arithmetic for both (its binary add rounds h to T; its rms_norm_small
+  // kernel, which MLX runs for rows up to 8 * 16 / sizeof(T) * 128 values): one block of BLOCK
+  // threads per row, thread t squares the values of vectors t + BLOCK * c (c < CHUNKS, VEC
+  // values each) in that order into one fp32 sum by fmas, the block adds its threads by xor
+  // shuffles within each warp and then across the warps' results the same way, and each value
+  // is scaled in fp32, rounded to T, times the weight in T.
+  constexpr int WARPS = BLOCK / 32;
+  __shared__ float partial[WARPS];
+  const long long row = blockIdx.x;
+  const int t = threadIdx.x;
+  const T* xr = x + row * D;
+  const T* rr = r + row * D;
+  float hv[CHUNKS][VEC];
+  float sq = 0.0f;
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const int i = (BLOCK * c + t) * VEC + v;
+      // Past the row: 0, as MLX's masked loads give (and 0 * 0 adds nothing).
+      T sum = zm::from_f<T>(0.0f);
+      if (D % (BLOCK * VEC) == 0 || i < D) {
+        sum = zm::add_in<T>(xr[i], rr[i]);
+        h[row * D + i] = sum;
+      }
+      hv[c][v] = zm::to_f(sum);
+      sq = fmaf(hv[c][v], hv[c][v], sq);
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    sq += __shfl_xor_sync(0xffffffffu, sq, o);
+  }
+  if (WARPS > 1) {
+    if ((t & 31) == 0) {
+      partial[t >> 5] = sq;
+    }
+    __syncthreads();
+    sq = (t & 31) < WARPS ? partial[t & 31] : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      sq += __shfl_xor_sync(0xffffffffu, sq, o);
+    }
+  }
+  const float scale = rsqrtf(sq / static_cast<float>(D) + __int_as_float(EPS_BITS));
+#pragma unroll
+  for (int c = 0; c < CHUNKS; ++c) {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const int i = (BLOCK * c + t) * VEC + v;
+      if (D % (BLOCK * VEC) == 0 || i < D) {
+        out[row * D + i] = zm::mul_in<T>(w[i], zm::from_f<T>(hv[c][v] * scale));
+      }
+    }
+  }
