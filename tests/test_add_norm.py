@@ -114,3 +114,31 @@ def test_pattern_skips_blocks_it_cannot_take():
     assert report.counts()["add_norm"] == model.args.num_hidden_layers - 1
     assert any("LayerNorm" in s.reason for s in report.skipped)
     assert patterns.get("add_norm").matches(nn.Linear(2, 2), "x") is None
+
+
+def test_linked_blocks_hand_on_the_next_norm_and_save_two_nodes_each():
+    from zmlx_rs import measure
+
+    model = tiny.build("qwen3")
+    layers = model.args.num_hidden_layers
+    prompt = mx.array([3, 1, 4, 1, 5, 9, 2, 6])
+    want = model(prompt[None])
+    before = measure.decode_graph_nodes(model, prompt)["nodes"]
+    zmlx_rs.patch(model, patterns=["add_norm"])
+    blocks = model.model.layers
+    assert [b.next_block for b in blocks] == [*blocks[1:], None]
+    # On CUDA one kernel node each; elsewhere the fallback is the same two MLX ops.
+    saved = 2 * layers - 1 if zmlx_rs._backend.on_cuda() else 0
+    assert measure.decode_graph_nodes(model, prompt)["nodes"] == before - saved
+    # On the CPU the kernel is MLX's two ops, so the linked model is the unpatched one exactly.
+    if not zmlx_rs._backend.on_cuda():
+        assert mx.array_equal(model(prompt[None]), want).item()
+    # A block called on an array of its own still normalises it itself.
+    x = mx.random.normal((1, 3, model.args.hidden_size))
+    got = blocks[1](x)
+    assert mx.allclose(got, blocks[1].original(x), rtol=1e-5, atol=1e-5).item()
+    # Patching twice keeps one link per block; a block taken out of the list is unlinked.
+    zmlx_rs.patch(model, patterns=["add_norm"])
+    assert blocks[0].next_block is blocks[1]
+    zmlx_rs.unpatch(model)
+    assert mx.array_equal(model(prompt[None]), want).item()

@@ -161,8 +161,9 @@ def test_tensor_parallel_sharded_model(quant):
     assert mx.array_equal(model(PROMPT), ref)
 
 
+@pytest.mark.parametrize("every", [False, True], ids=["default", "every_pattern"])
 @pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
-def test_generation_apis_on_patched_models(family):
+def test_generation_apis_on_patched_models(family, every):
     model, tok = build(family), tokenizer()
     prompts = [[5, 9, 11, 20, 3], [7, 8, 1]]
     # generate_step prefills in chunks; a small step size forces prompt-cache reuse too.
@@ -178,7 +179,7 @@ def test_generation_apis_on_patched_models(family):
         return text, streamed, first + rest, batched.token_ids
 
     expected = run()
-    zmlx_rs.patch(model)
+    zmlx_rs.patch(model, patterns=patterns.names() if every else None)
     assert run() == expected
 
 
@@ -310,6 +311,29 @@ CUDA_SIZES = {
     "linear_key_head_dim": 32,
     "linear_value_head_dim": 32,
 }
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family", ["llama", "qwen3", "qwen3_moe", "mixtral"])
+def test_cuda_every_pattern_keeps_the_logits_bitwise(family):
+    """bf16, 4-bit: every pattern, the opt-in ones included, rounds where mlx-lm's ops
+    round, so prefill and one-token decode logits are the unpatched model's bit for bit."""
+    model = build(family, bits=4, group_size=64, **CUDA_SIZES)
+    model.set_dtype(mx.bfloat16)
+
+    def logits() -> list[mx.array]:
+        cache = make_prompt_cache(model)
+        out = [model(PROMPT, cache=cache)]
+        for token in (3, 17, 60):
+            out.append(model(mx.array([[token]]), cache=cache))
+        mx.eval(out)
+        return out
+
+    want = logits()
+    report = zmlx_rs.patch(model, patterns=patterns.names())
+    assert {"add_norm", "qmv"} <= set(report.counts()), str(report)
+    for got, ref in zip(logits(), want, strict=True):
+        assert mx.array_equal(got, ref).item()
 
 
 @pytest.mark.cuda

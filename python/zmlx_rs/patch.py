@@ -89,6 +89,8 @@ def patch(
                 fused_by_id[id(module)] = (path, fused)
                 _set_module(model, path, fused)
                 report.patched.append(Patched(path, pattern.name, fused.note))
+    for pattern in chosen:
+        pattern.finish(model)
     # A module another pattern took is not "skipped" by the ones that did not fit it.
     taken = {p.path for p in report.patched}
     report.skipped = [s for s in report.skipped if s.path not in taken]

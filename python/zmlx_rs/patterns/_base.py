@@ -54,6 +54,10 @@ class Pattern:
         """Give back the original module with its original weights, bitwise."""
         raise NotImplementedError
 
+    def finish(self, model: nn.Module) -> None:
+        """Called by `patch()` once this pattern has been applied everywhere it goes: for
+        links between the fused modules (nothing by default)."""
+
     def __repr__(self) -> str:
         return f"<pattern {self.name}>"
 

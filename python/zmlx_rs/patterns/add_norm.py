@@ -1,5 +1,6 @@
 """Residual add + RMSNorm: a decoder block's `h = x + r` and `post_attention_layernorm(h)`
-become one `kernels.add_rms_norm` node (two outputs), one graph node fewer per block.
+become one `kernels.add_rms_norm` node (two outputs), and so do its closing `h + r` and the
+next block's `input_layernorm`: two graph nodes fewer per block (one for the last).
 
 Which blocks qualify is read from their `__call__`: its body must be, statement for
 statement, mlx-lm's pre-norm block (llama, mistral, qwen2, qwen3, qwen3_moe, mixtral, ...):
@@ -10,7 +11,11 @@ statement, mlx-lm's pre-norm block (llama, mistral, qwen2, qwen3, qwen3_moe, mix
     out = h + r
     return out
 
-with `post_attention_layernorm` an `nn.RMSNorm` of a width the kernel takes. The kernel
+with `post_attention_layernorm` an `nn.RMSNorm` of a width the kernel takes. Consecutive
+patched blocks of one layer list are linked (`finish`): a block hands the next one its
+output together with that output already normalised by the next block's `input_layernorm`,
+and the next block uses it only if its input is that very array (the model's loop passes
+it straight on); anything else, and training mode, runs the plain ops. The kernel
 computes both ops as MLX-CUDA does (bit for bit where MLX runs its one-block-per-row RMSNorm);
 in training mode the block runs the two MLX ops (the kernel has no vjp).
 """
@@ -65,6 +70,21 @@ def _mlp_attr(cls: type) -> str | None:
     return _FORMS.get(ast.dump(ast.Module(body=body, type_ignores=[]), annotate_fields=False))
 
 
+def _takes(norm: nn.Module) -> str | None:
+    """Why the kernel cannot stand in for `norm`, or None."""
+    if type(norm) is not nn.RMSNorm or "weight" not in norm:
+        return f"a {type(norm).__name__}, not nn.RMSNorm"
+    weight = norm["weight"]
+    if weight.ndim != 1 or weight.shape[0] > _MAX_ROW.get(weight.dtype, 0):
+        return f"weight {weight.shape} {weight.dtype}: wider than the kernel takes"
+    d, dtype = weight.shape[0], str(weight.dtype).split(".")[-1]
+    try:
+        _native.plan_add_rms_norm(([1, d], dtype), ([1, d], dtype), ([d], dtype), norm.eps)
+    except _native.ZmlxError as e:
+        return str(e)
+    return None
+
+
 class FusedAddNormBlock(Fused):
     """The block with `h = x + r; n = post_attention_layernorm(h)` as one kernel."""
 
@@ -79,17 +99,28 @@ class FusedAddNormBlock(Fused):
             if not name.startswith("_") and not isinstance(value, mx.array | nn.Module):
                 setattr(self, name, value)
         object.__setattr__(self, "mlp_attr", mlp_attr)
+        # The next block of the same layer list, once `AddNorm.finish` links it.
+        object.__setattr__(self, "next_block", None)
         self.note = f"x + r, post_attention_layernorm -> add_rms_norm; {mlp_attr}"
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        r = self.self_attn(self.input_layernorm(x), mask, cache)
+        handed = self.__dict__.pop("_handed", None)
+        normed_x = handed[1] if handed is not None and handed[0] is x else self.input_layernorm(x)
+        r = self.self_attn(normed_x, mask, cache)
         norm = self.post_attention_layernorm
+        mlp = self[self.mlp_attr]
         if self.training:
             h = x + r
-            normed = norm(h)
-        else:
-            h, normed = kernels.add_rms_norm(x, r, norm.weight, norm.eps)
-        return h + self[self.mlp_attr](normed)
+            return h + mlp(norm(h))
+        h, normed = kernels.add_rms_norm(x, r, norm.weight, norm.eps)
+        r = mlp(normed)
+        following = self.next_block
+        if following is None:
+            return h + r
+        norm = following.input_layernorm
+        out, normed_out = kernels.add_rms_norm(h, r, norm.weight, norm.eps)
+        following.__dict__["_handed"] = (out, normed_out)
+        return out
 
 
 class AddNorm(Pattern):
@@ -108,18 +139,8 @@ class AddNorm(Pattern):
         missing = [a for a in (*_CHILDREN, mlp) if not isinstance(module.get(a), nn.Module)]
         if missing:
             return f"missing submodules {missing}"
-        norm = module["post_attention_layernorm"]
-        if type(norm) is not nn.RMSNorm or "weight" not in norm:
-            return f"post_attention_layernorm is a {type(norm).__name__}, not nn.RMSNorm"
-        weight = norm["weight"]
-        if weight.ndim != 1 or weight.shape[0] > _MAX_ROW.get(weight.dtype, 0):
-            return f"RMSNorm weight {weight.shape} {weight.dtype}: wider than the kernel takes"
-        d, dtype = weight.shape[0], str(weight.dtype).split(".")[-1]
-        try:
-            _native.plan_add_rms_norm(([1, d], dtype), ([1, d], dtype), ([d], dtype), norm.eps)
-        except _native.ZmlxError as e:
-            return str(e)
-        return OK
+        why = _takes(module["post_attention_layernorm"])
+        return OK if why is None else f"post_attention_layernorm: {why}"
 
     def apply(self, module: nn.Module, path: str) -> Fused:
         mlp = _mlp_attr(type(module))
@@ -129,3 +150,18 @@ class AddNorm(Pattern):
     def revert(self, fused: Fused) -> nn.Module:
         assert isinstance(fused, FusedAddNormBlock)
         return fused.hand_back_children([*_CHILDREN, fused.mlp_attr])
+
+    def finish(self, model: nn.Module) -> None:
+        """Links each patched block to the next entry of its layer list when that is one too
+        and its `input_layernorm` is an RMSNorm the kernel takes."""
+        lists: dict[str, dict[int, FusedAddNormBlock]] = {}
+        for path, module in model.named_modules():
+            parent, _, index = path.rpartition(".")
+            if isinstance(module, FusedAddNormBlock) and index.isdigit():
+                object.__setattr__(module, "next_block", None)
+                lists.setdefault(parent, {})[int(index)] = module
+        for blocks in lists.values():
+            for i, block in blocks.items():
+                following = blocks.get(i + 1)
+                if following is not None and _takes(following["input_layernorm"]) is None:
+                    object.__setattr__(block, "next_block", following)
