@@ -86,3 +86,13 @@ def test_patch_a_checkpoint_folder(tmp_path, capsys):
     assert "PatchReport llama" in out and "dense_mlp" in out
     with pytest.raises(SystemExit, match="mlx-lm checkpoint folder"):
         main(["patch", str(tmp_path / "missing")])
+
+
+def test_e2e_benchmark_takes_a_pattern_set(tmp_path):
+    args = ["--models=qwen3-0.6b", "--layers=1", "--rounds=2", "--tokens=4", "--prefill=16"]
+    args += ["--check-steps=2", "--budget=60", f"--out={tmp_path}"]
+    result = bench.main([*args, "--patterns=add_norm,dense_mlp"])
+    assert result["patterns"] == ["add_norm", "dense_mlp"]
+    assert result["rows"][0]["patched"] == {"add_norm": 1, "dense_mlp": 1}
+    with pytest.raises(SystemExit, match="--patterns"):
+        bench.main([*args, "--patterns=nope"])

@@ -23,6 +23,7 @@ import mlx.nn as nn
 import mlx_lm
 
 from zmlx_rs import _backend, _native, measure, synthetic
+from zmlx_rs import patterns as registry
 from zmlx_rs.patch import patch, unpatch
 from zmlx_rs.smart import smart_patch
 
@@ -47,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--smart", action="store_true", help="patch with smart_patch instead of patch"
     )
     parser.add_argument(
+        "--patterns",
+        default=None,
+        help="comma-separated pattern names for patch (default: patch's default set); "
+        "'all' for every registered pattern, the opt-in ones included",
+    )
+    parser.add_argument(
         "--scaled", action="store_true", default=None, help="scaled-down shapes (CPU default)"
     )
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON result")
@@ -69,6 +76,7 @@ def run_model(
     deadline: float,
     smart: bool,
     scaled: bool,
+    patterns: list[str] | None = None,
 ) -> dict[str, Any]:
     """One model's row: build, count nodes, check numerics, time interleaved rounds."""
     shape = synthetic.SHAPES[name]
@@ -90,7 +98,7 @@ def run_model(
     if smart:
         report: Any = smart_patch(model, budget_s=max(10.0, (deadline - t) / 3), progress=False)
     else:
-        report = patch(model)
+        report = patch(model, patterns=patterns)
     patch_s = time.perf_counter() - t
     plan = report.to_dict() if report.patched else None
     nodes_after = measure.decode_graph_nodes(model, decode_prompt)
@@ -206,6 +214,14 @@ def run(args: argparse.Namespace, *, default_out: Path | None = None) -> dict:
             f"--models: unknown {unknown}; expected names from {list(synthetic.SHAPES)}"
         )
     scaled = args.scaled if args.scaled is not None else not _backend.HAS_CUDA
+    chosen = None
+    if args.patterns == "all":
+        chosen = registry.names()
+    elif args.patterns:
+        chosen = [n.strip() for n in args.patterns.split(",") if n.strip()]
+        unknown = [n for n in chosen if n not in registry.names()]
+        if unknown:
+            raise SystemExit(f"--patterns: unknown {unknown}; expected {registry.names()}")
     start = time.perf_counter()
     deadline = start + args.budget
     rows = []
@@ -224,6 +240,7 @@ def run(args: argparse.Namespace, *, default_out: Path | None = None) -> dict:
             deadline=time.perf_counter() + share,
             smart=args.smart,
             scaled=scaled,
+            patterns=chosen,
         )
         d = row["decode"]
         print(
@@ -239,6 +256,7 @@ def run(args: argparse.Namespace, *, default_out: Path | None = None) -> dict:
     result = {
         "benchmark": "e2e",
         "mode": "smart_patch" if args.smart else "patch",
+        "patterns": chosen,
         "scaled": scaled,
         "rounds_asked": args.rounds,
         "tokens": args.tokens,
