@@ -11,20 +11,38 @@
   const int t = threadIdx.x;
   const T* xr = x + row * D;
   const T* rr = r + row * D;
+  // Whole 16-byte vectors when every row fills the block's vectors and the arrays allow.
+  const bool vectors = D % (BLOCK * VEC) == 0 && zm::aligned<VEC>(xr) && zm::aligned<VEC>(rr) &&
+                       zm::aligned<VEC>(h + row * D) && zm::aligned<VEC>(out + row * D) &&
+                       zm::aligned<VEC>(w);
   float hv[CHUNKS][VEC];
   float sq = 0.0f;
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
+    const int base = (BLOCK * c + t) * VEC;
+    zm::Vec<T, VEC> hs;
+    if (vectors) {
+      const auto xs = zm::load<VEC>(xr + base);
+      const auto rs = zm::load<VEC>(rr + base);
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        hs.v[v] = zm::add_in<T>(xs.v[v], rs.v[v]);
+      }
+      zm::store<VEC>(h + row * D + base, hs);
+    } else {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        // Past the row: 0, as MLX's masked loads give (and 0 * 0 adds nothing).
+        hs.v[v] = zm::from_f<T>(0.0f);
+        if (base + v < D) {
+          hs.v[v] = zm::add_in<T>(xr[base + v], rr[base + v]);
+          h[row * D + base + v] = hs.v[v];
+        }
+      }
+    }
 #pragma unroll
     for (int v = 0; v < VEC; ++v) {
-      const int i = (BLOCK * c + t) * VEC + v;
-      // Past the row: 0, as MLX's masked loads give (and 0 * 0 adds nothing).
-      T sum = zm::from_f<T>(0.0f);
-      if (D % (BLOCK * VEC) == 0 || i < D) {
-        sum = zm::add_in<T>(xr[i], rr[i]);
-        h[row * D + i] = sum;
-      }
-      hv[c][v] = zm::to_f(sum);
+      hv[c][v] = zm::to_f(hs.v[v]);
       sq = fmaf(hv[c][v], hv[c][v], sq);
     }
   }
@@ -46,11 +64,21 @@
   const float scale = rsqrtf(sq / static_cast<float>(D) + __int_as_float(EPS_BITS));
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
+    const int base = (BLOCK * c + t) * VEC;
+    if (vectors) {
+      const auto ws = zm::load<VEC>(w + base);
+      zm::Vec<T, VEC> os;
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) {
-      const int i = (BLOCK * c + t) * VEC + v;
-      if (D % (BLOCK * VEC) == 0 || i < D) {
-        out[row * D + i] = zm::mul_in<T>(w[i], zm::from_f<T>(hv[c][v] * scale));
+      for (int v = 0; v < VEC; ++v) {
+        os.v[v] = zm::mul_in<T>(ws.v[v], zm::from_f<T>(hv[c][v] * scale));
+      }
+      zm::store<VEC>(out + row * D + base, os);
+    } else {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        if (base + v < D) {
+          out[row * D + base + v] = zm::mul_in<T>(w[base + v], zm::from_f<T>(hv[c][v] * scale));
+        }
       }
     }
   }
