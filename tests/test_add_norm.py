@@ -142,3 +142,11 @@ def test_linked_blocks_hand_on_the_next_norm_and_save_two_nodes_each():
     assert blocks[0].next_block is blocks[1]
     zmlx_rs.unpatch(model)
     assert mx.array_equal(model(prompt[None]), want).item()
+
+
+def test_mixed_dtypes_take_mlx_ops():
+    model = tiny.build("llama")
+    zmlx_rs.patch(model, patterns=["add_norm"])
+    block = model.model.layers[0]
+    x = mx.random.normal((1, 2, model.args.hidden_size)).astype(mx.bfloat16)  # fp32 weights
+    assert mx.allclose(block(x), block.original(x), rtol=1e-2, atol=1e-2).item()

@@ -109,13 +109,15 @@ class FusedAddNormBlock(Fused):
         r = self.self_attn(normed_x, mask, cache)
         norm = self.post_attention_layernorm
         mlp = self[self.mlp_attr]
-        if self.training:
+        # The kernel wants one dtype for the stream, the branch and the norm's weight (mlx-lm
+        # models keep them so); anything else, and training, runs MLX's ops.
+        if self.training or not x.dtype == r.dtype == norm.weight.dtype:
             h = x + r
             return h + mlp(norm(h))
         h, normed = kernels.add_rms_norm(x, r, norm.weight, norm.eps)
         r = mlp(normed)
         following = self.next_block
-        if following is None:
+        if following is None or not h.dtype == r.dtype == following.input_layernorm.weight.dtype:
             return h + r
         norm = following.input_layernorm
         out, normed_out = kernels.add_rms_norm(h, r, norm.weight, norm.eps)
