@@ -402,3 +402,48 @@ def test_add_rms_norm_is_mlx_arithmetic(rows, d, dtype):
     ref_h, ref_out = ref.add_rms_norm(x, r, w, 1e-5)
     np.testing.assert_array_equal(h, np.array(ref_h))
     close(out, ref_out, dtype)
+
+
+def _mlx_head_rms_norm(x: np.ndarray, w: np.ndarray, eps: float, vec: int, dtype) -> np.ndarray:
+    """MLX-CUDA's rms_norm_small on rows of at most 32 vectors: lane t squares vector t's
+    values by fmas, the warp adds by an xor butterfly (the second warp adds an exact 0)."""
+    rows, d = x.shape
+    xf = x.astype(np.float32)
+    lanes = np.zeros((rows, 32), dtype=np.float32)
+    for t in range(d // vec):
+        for i in range(vec):
+            col = xf[:, t * vec + i].astype(np.float64)
+            lanes[:, t] = (col**2 + lanes[:, t]).astype(np.float32)
+    for o in (16, 8, 4, 2, 1):
+        lanes = (lanes + lanes[:, np.arange(32) ^ o]).astype(np.float32)
+    scale = np.float32(1) / np.sqrt(lanes[:, :1] / np.float32(d) + np.float32(eps))
+    y = (xf * scale).astype(np.float32).astype(dtype)
+    return (w.astype(np.float32) * y.astype(np.float32)).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    ("rows", "hq", "hk", "d", "dv", "dtype"),
+    [(2, 4, 2, 128, 128, mx.float16), (3, 3, 1, 64, 32, mx.float32), (1, 2, 2, 40, 24, mx.float16)],
+    ids=str,
+)
+def test_qk_rms_norm_is_mlx_arithmetic(rows, hq, hk, d, dv, dtype):
+    qkv = mx.random.normal((rows, (hq + hk) * d + hk * dv)).astype(dtype)
+    qw, kw = (mx.random.uniform(0.5, 1.5, (d,)).astype(dtype) for _ in range(2))
+    spec = [(list(a.shape), _name(a)) for a in (qkv, qw, kw)]
+    launch = _native.plan_qk_rms_norm(*spec, (1e-6, 1e-5), hq, hk)
+    q, k, v = run(launch, [qkv, qw, kw])
+    vec = dict(launch.template)["VEC"]
+    a = np.array(qkv)
+    np_dtype = NP[_name(qkv)]
+    want_q = _mlx_head_rms_norm(a[:, : hq * d].reshape(-1, d), np.array(qw), 1e-6, vec, np_dtype)
+    want_k = _mlx_head_rms_norm(
+        a[:, hq * d : (hq + hk) * d].reshape(-1, d), np.array(kw), 1e-5, vec, np_dtype
+    )
+    tol = {"rtol": 2e-3, "atol": 1e-6} if dtype == mx.float16 else {"rtol": 1e-6, "atol": 1e-7}
+    np.testing.assert_allclose(q.reshape(-1, d).astype(np.float64), want_q, **tol)
+    np.testing.assert_allclose(k.reshape(-1, d).astype(np.float64), want_k, **tol)
+    np.testing.assert_array_equal(v, a[:, (hq + hk) * d :].reshape(rows, hk, dv))
+    rq, rk, rv = ref.qk_rms_norm(qkv, qw, kw, (1e-6, 1e-5), hq, hk)
+    close(q, rq, dtype)
+    close(k, rk, dtype)
+    np.testing.assert_array_equal(v, np.array(rv))

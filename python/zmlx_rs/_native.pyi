@@ -43,6 +43,7 @@ __all__ = [
     "plan_glu_packed",
     "plan_glu_packed_backward",
     "plan_moe_gating",
+    "plan_qk_rms_norm",
     "plan_qmv",
     "settled",
     "specialisation",
@@ -326,4 +327,12 @@ def plan_qmv(
 ) -> Launch: ...
 def plan_add_rms_norm(
     x: tuple[list[int], str], r: tuple[list[int], str], w: tuple[list[int], str], eps: float
+) -> Launch: ...
+def plan_qk_rms_norm(
+    qkv: tuple[list[int], str],
+    q_weight: tuple[list[int], str],
+    k_weight: tuple[list[int], str],
+    eps: tuple[float, float],
+    n_heads: int,
+    n_kv_heads: int,
 ) -> Launch: ...

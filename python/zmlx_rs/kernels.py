@@ -25,6 +25,7 @@ __all__ = [
     "geglu",
     "geglu_packed",
     "moe_gating",
+    "qk_rms_norm",
     "qmv",
     "swiglu",
     "swiglu_packed",
@@ -822,3 +823,49 @@ def add_rms_norm(
         h, out = _ADD_RMS_NORM([x, r, weight], launch)
         return h, out
     return ref.add_rms_norm(x, r, weight, eps)
+
+
+_QK_RMS_NORM = _Kernel(_native.plan_qk_rms_norm)
+
+
+def qk_rms_norm(
+    qkv: mx.array,
+    q_weight: mx.array,
+    k_weight: mx.array,
+    eps: tuple[float, float],
+    n_heads: int,
+    n_kv_heads: int,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """qwen3's attention front in one node: from a q|k|v projection (..., (n_heads +
+    n_kv_heads) * D + n_kv_heads * DV), q (..., n_heads, D) and k (..., n_kv_heads, D)
+    RMS-normalised per head with their weights (D,) and eps (q's, k's), and v (...,
+    n_kv_heads, DV). One float dtype throughout; D up to 32 * 16 / itemsize. On MLX-CUDA one
+    kernel with MLX's RMSNorm arithmetic; elsewhere split, reshapes and ``mx.fast.rms_norm``.
+    Inference only (no vjp).
+    """
+    try:
+        key: tuple = (qkv.shape, qkv.dtype, q_weight.shape, q_weight.dtype, k_weight.shape)
+        key += (k_weight.dtype, eps, n_heads, n_kv_heads)
+        launch = _QK_RMS_NORM._launches.get(key)
+    except (AttributeError, TypeError):
+        key, launch = (), None
+    if launch is None:
+        op = "qk_rms_norm"
+        if not (isinstance(eps, tuple) and len(eps) == 2):
+            raise _native.ZmlxError(f"{op}(): 'eps' must be a (q, k) pair of numbers, got {eps!r}")
+        for arg, n in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise _native.ZmlxError(f"{op}(): '{arg}' must be an int, got {n!r}")
+        launch = _QK_RMS_NORM.launch(
+            key,
+            _qmv_spec(qkv, "qkv", op),
+            _qmv_spec(q_weight, "q_weight", op),
+            _qmv_spec(k_weight, "k_weight", op),
+            eps,
+            n_heads,
+            n_kv_heads,
+        )
+    if _backend.on_cuda():
+        q, k, v = _QK_RMS_NORM([qkv, q_weight, k_weight], launch)
+        return q, k, v
+    return ref.qk_rms_norm(qkv, q_weight, k_weight, eps, n_heads, n_kv_heads)

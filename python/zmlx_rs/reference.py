@@ -20,6 +20,7 @@ __all__ = [
     "geglu_packed",
     "moe_gating",
     "moe_scores_for",
+    "qk_rms_norm",
     "qmv",
     "swiglu",
     "swiglu_packed",
@@ -232,3 +233,20 @@ def add_rms_norm(
     """A transformer block's `h = x + r` and the RMSNorm that reads it: (h, rms_norm(h))."""
     h = x + r
     return h, mx.fast.rms_norm(h, weight, eps)
+
+
+def qk_rms_norm(
+    qkv: mx.array,
+    q_weight: mx.array,
+    k_weight: mx.array,
+    eps: tuple[float, float],
+    n_heads: int,
+    n_kv_heads: int,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """qwen3's attention front: split q|k|v, heads, q_norm and k_norm -> (q, k, v)."""
+    d = q_weight.shape[0]
+    lead = qkv.shape[:-1]
+    q, k, v = mx.split(qkv, [n_heads * d, (n_heads + n_kv_heads) * d], axis=-1)
+    q = mx.fast.rms_norm(q.reshape(*lead, n_heads, d), q_weight, eps[0])
+    k = mx.fast.rms_norm(k.reshape(*lead, n_kv_heads, d), k_weight, eps[1])
+    return q, k, v.reshape(*lead, n_kv_heads, -1)

@@ -9,6 +9,7 @@ pub mod gather_add;
 pub mod glu;
 pub mod moe_gating;
 pub mod moe_qmv;
+pub mod qk_rms_norm;
 pub mod qmv;
 pub mod render;
 pub mod shake;
@@ -273,6 +274,7 @@ pub fn catalog() -> Vec<&'static KernelSource> {
         &moe_qmv::MOE_QMV_COMBINE_MMA,
         &qmv::QMV,
         &add_rms_norm::ADD_RMS_NORM,
+        &qk_rms_norm::QK_RMS_NORM,
     ]
 }
 

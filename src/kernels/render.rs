@@ -162,7 +162,7 @@ pub fn cuda_type(dtype: DType) -> Result<&'static str> {
 /// warming: each kernel in every dtype × activation / gating mode, at the sizes real models
 /// use (Qwen3-30B-A3B: E=128, K=8, expert FFN 768, hidden 2048; Mixtral: E=8, K=2) and odd ones.
 pub fn specialisations() -> Vec<Specialisation> {
-    use super::{add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qmv};
+    use super::{add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qk_rms_norm, qmv};
     const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
     let mut out = Vec::new();
     let mut add = |launch: Result<Launch>, inputs: Vec<DType>| {
@@ -318,6 +318,23 @@ pub fn specialisations() -> Vec<Specialisation> {
             let x = [1, d];
             add(
                 add_rms_norm::plan((&x, dt), (&x, dt), (&[d], dt), 1e-5),
+                vec![dt, dt, dt],
+            );
+        }
+    }
+    // q/k head norms of Qwen3-30B-A3B (32 + 4 heads of 128) and an odd small layout.
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        for (hq, hk, d, dv) in [(32usize, 4usize, 128usize, 128usize), (3, 1, 64, 32)] {
+            let qkv = [1, (hq + hk) * d + hk * dv];
+            add(
+                qk_rms_norm::plan(
+                    (&qkv, dt),
+                    (&[d], dt),
+                    (&[d], dt),
+                    (1e-6, 1e-6),
+                    hq as i64,
+                    hk as i64,
+                ),
                 vec![dt, dt, dt],
             );
         }

@@ -1,6 +1,6 @@
 use crate::error::Error;
 use crate::kernels::{
-    self, add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qmv, DType,
+    self, add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qk_rms_norm, qmv, DType,
     Launch as CoreLaunch, TemplateArg,
 };
 use pyo3::prelude::*;
@@ -335,6 +335,27 @@ fn plan_add_rms_norm(x: ShapeDtype, r: ShapeDtype, w: ShapeDtype, eps: f64) -> P
     ))
 }
 
+/// Arrays arrive as `(shape, dtype name)` pairs.
+#[pyfunction]
+fn plan_qk_rms_norm(
+    qkv: ShapeDtype,
+    q_weight: ShapeDtype,
+    k_weight: ShapeDtype,
+    eps: (f64, f64),
+    n_heads: i64,
+    n_kv_heads: i64,
+) -> PyResult<Launch> {
+    const OP: &str = "qk_rms_norm";
+    launch(qk_rms_norm::plan(
+        spec(OP, "qkv", &qkv)?,
+        spec(OP, "q_weight", &q_weight)?,
+        spec(OP, "k_weight", &k_weight)?,
+        eps,
+        n_heads,
+        n_kv_heads,
+    ))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KernelSpec>()?;
     m.add_class::<Launch>()?;
@@ -352,5 +373,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_gather_qmv_combine, m)?)?;
     m.add_function(wrap_pyfunction!(plan_qmv, m)?)?;
     m.add_function(wrap_pyfunction!(plan_add_rms_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_qk_rms_norm, m)?)?;
     Ok(())
 }

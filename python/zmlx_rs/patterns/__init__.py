@@ -11,6 +11,7 @@ from zmlx_rs.patterns.attention_qkv import AttentionQKV
 from zmlx_rs.patterns.dense_mlp import DenseMLP
 from zmlx_rs.patterns.moe import MoEBlock, MoEExperts
 from zmlx_rs.patterns.moe_decode import MoEDecode
+from zmlx_rs.patterns.qk_norm import QKNorm
 from zmlx_rs.patterns.qmv import QMV
 
 __all__ = ["ALL", "OK", "Fused", "Pattern", "get", "names", "register"]
@@ -18,13 +19,15 @@ __all__ = ["ALL", "OK", "Fused", "Pattern", "get", "names", "register"]
 # add_norm first: it takes the decoder blocks, outside everything else. Then moe_decode: it
 # takes the MoE blocks with quantised experts its kernels run (measured faster than moe_block
 # on the GPU), moe_block the others; moe_experts after both (it packs the experts inside the
-# block); qmv last, so that it also takes the stacked projections the others make.
+# block); qk_norm after attention_qkv (it wraps what that one makes); qmv last, so that it
+# also takes the stacked projections the others make.
 ALL: list[Pattern] = [
     AddNorm(),
     MoEDecode(),
     MoEBlock(),
     MoEExperts(),
     AttentionQKV(),
+    QKNorm(),
     DenseMLP(),
     QMV(),
 ]

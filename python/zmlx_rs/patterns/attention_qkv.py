@@ -30,7 +30,7 @@ from zmlx_rs.patterns._base import (
     unfuse_outputs,
 )
 
-__all__ = ["AttentionQKV", "FusedQKVAttention"]
+__all__ = ["AttentionQKV", "FusedQKVAttention", "attend"]
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 # Spellings of the head counts (mixtral says num_heads / num_key_value_heads): the same
@@ -115,23 +115,31 @@ class FusedQKVAttention(Fused):
         if self.qk_norm:
             queries = self.q_norm(queries)
             keys = self.k_norm(keys)
-        queries = queries.transpose(0, 2, 1, 3)
-        keys = keys.transpose(0, 2, 1, 3)
-        values = values.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        values = values.reshape(B, L, self.n_kv_heads, -1)
+        return attend(self, queries, keys, values, mask, cache)
 
-        if cache is not None:
-            queries = self.rope(queries, offset=cache.offset)
-            keys = self.rope(keys, offset=cache.offset)
-            keys, values = cache.update_and_fetch(keys, values)
-        else:
-            queries = self.rope(queries)
-            keys = self.rope(keys)
 
-        output = scaled_dot_product_attention(
-            queries, keys, values, cache=cache, scale=self.scale, mask=mask
-        )
-        output = output.transpose(0, 2, 1, 3).reshape(B, L, -1)
-        return self.o_proj(output)
+def attend(
+    module: nn.Module, queries: mx.array, keys: mx.array, values: mx.array, mask: Any, cache: Any
+) -> mx.array:
+    """The rest of the llama/qwen3 forward from (B, L, heads, D) q, k, v: RoPE, the KV cache,
+    attention, the output projection (`module.rope`, `.scale`, `.o_proj`)."""
+    B, L = queries.shape[:2]
+    queries = queries.transpose(0, 2, 1, 3)
+    keys = keys.transpose(0, 2, 1, 3)
+    values = values.transpose(0, 2, 1, 3)
+    if cache is not None:
+        queries = module.rope(queries, offset=cache.offset)
+        keys = module.rope(keys, offset=cache.offset)
+        keys, values = cache.update_and_fetch(keys, values)
+    else:
+        queries = module.rope(queries)
+        keys = module.rope(keys)
+    output = scaled_dot_product_attention(
+        queries, keys, values, cache=cache, scale=module.scale, mask=mask
+    )
+    output = output.transpose(0, 2, 1, 3).reshape(B, L, -1)
+    return module.o_proj(output)
 
 
 class AttentionQKV(Pattern):

@@ -1,0 +1,46 @@
+  // One row of a fused q|k|v projection (HQ query heads, HK key heads of D values, HK value
+  // heads of DV) into q and k normalised per head by their RMSNorms and v as it is, each
+  // shaped (rows, heads, D): what mlx-lm's split, reshapes and q_norm / k_norm give, with
+  // MLX-CUDA's rms_norm_small arithmetic. MLX normalises a head of D <= 32 * VEC values with
+  // 64 threads whose first D / VEC hold one vector each, so only the first warp sums anything
+  // and the second adds an exact 0: one warp per head, lane t squaring the values of vector t
+  // in order into one fp32 sum by fmas, then the xor butterfly, is the same sum. A warp of a
+  // key head also copies that head's values.
+  constexpr int HEADS = HQ + HK;
+  constexpr int W = (HQ + HK) * D + HK * DV;
+  const long long warp = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  const long long row = warp / HEADS;
+  const int head = static_cast<int>(warp % HEADS);
+  const bool is_q = head < HQ;
+  const int kh = head - HQ;
+  const T* src = qkv + row * W + head * D;
+  const T* weight = is_q ? q_w : k_w;
+  T* dst = is_q ? q_out + (row * HQ + head) * D : k_out + (row * HK + kh) * D;
+  float hv[VEC];
+  float sq = 0.0f;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    // Lanes past the head hold zeros, as MLX's idle threads (0 * 0 adds nothing).
+    hv[i] = lane * VEC + i < D ? zm::to_f(src[lane * VEC + i]) : 0.0f;
+    sq = fmaf(hv[i], hv[i], sq);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    sq += __shfl_xor_sync(0xffffffffu, sq, o);
+  }
+  const float scale =
+      rsqrtf(sq / static_cast<float>(D) + __int_as_float(is_q ? EPS_Q_BITS : EPS_K_BITS));
+  if (lane * VEC < D) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      dst[lane * VEC + i] = zm::mul_in<T>(weight[lane * VEC + i], zm::from_f<T>(hv[i] * scale));
+    }
+  }
+  if (!is_q) {
+    const T* vsrc = qkv + row * W + HEADS * D + kh * DV;
+    T* vdst = v_out + (row * HK + kh) * DV;
+    for (int i = lane; i < DV; i += 32) {
+      vdst[i] = vsrc[i];
+    }
+  }

@@ -1,0 +1,78 @@
+"""qwen3's q/k head norms from the fused projection: bit for bit MLX's split + rms_norm on
+CUDA, the reference elsewhere; typed errors; the qk_norm pattern (any backend)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+import tiny
+import zmlx_rs
+from helpers import poison
+from zmlx_rs import _native, kernels, patterns
+from zmlx_rs import reference as ref
+from zmlx_rs.patterns.attention_qkv import FusedQKVAttention
+from zmlx_rs.patterns.qk_norm import FusedQKNormAttention
+
+# (query heads, key heads, head dim, value head dim): Qwen3-30B-A3B, Qwen3-0.6B-ish, small.
+LAYOUTS = [(32, 4, 128, 128), (16, 8, 128, 128), (3, 1, 64, 32), (2, 2, 256, 256)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16, mx.bfloat16], ids=str)
+@pytest.mark.parametrize(("hq", "hk", "d", "dv"), LAYOUTS, ids=str)
+@pytest.mark.parametrize("rows", [1, 5])
+def test_is_mlx_split_and_head_norms_bit_for_bit(rows, hq, hk, d, dv, dtype):
+    if dtype == mx.float32 and d > 128:
+        pytest.skip("float32 heads stop at 128")
+    qkv = mx.random.normal((1, rows, (hq + hk) * d + hk * dv)).astype(dtype) * 2
+    qw, kw = (mx.random.uniform(0.5, 1.5, (d,)).astype(dtype) for _ in range(2))
+    want = ref.qk_rms_norm(qkv, qw, kw, (1e-6, 1e-5), hq, hk)
+    mx.eval(want)
+    poison(*[(a.shape, dtype) for a in want])
+    got = kernels.qk_rms_norm(qkv, qw, kw, (1e-6, 1e-5), hq, hk)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == dtype
+        assert mx.array_equal(g, w).item()
+
+
+def test_bad_arguments_raise_typed_errors():
+    qkv, w = mx.zeros((1, 5 * 64 + 2 * 64)), mx.ones((64,))
+    with pytest.raises(_native.ShapeError, match="'qkv'"):
+        kernels.qk_rms_norm(qkv[:, :-1], w, w, (1e-6, 1e-6), 3, 2)
+    with pytest.raises(_native.DTypeError, match="'k_weight'"):
+        kernels.qk_rms_norm(qkv, w, w.astype(mx.float16), (1e-6, 1e-6), 3, 2)
+    with pytest.raises(_native.ZmlxError, match="'n_heads'"):
+        kernels.qk_rms_norm(qkv, w, w, (1e-6, 1e-6), 0, 2)
+    with pytest.raises(_native.ZmlxError, match="'n_kv_heads'"):
+        kernels.qk_rms_norm(qkv, w, w, (1e-6, 1e-6), 3, 2.0)
+    with pytest.raises(_native.ZmlxError, match="'eps'"):
+        kernels.qk_rms_norm(qkv, w, w, 1e-6, 3, 2)
+    got = kernels.qk_rms_norm(qkv, w, w, (1e-6, 1e-6), 3, 2)
+    assert [a.shape for a in got] == [(1, 3, 64), (1, 2, 64), (1, 2, 64)]
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+def test_pattern_wraps_fused_qwen3_attention_and_reverts(family):
+    model = tiny.build(family)
+    tokens = mx.array([[1, 5, 9, 2, 33, 70, 4, 8]])
+    want = model(tokens)
+    assert "qk_norm" not in zmlx_rs.patch(model).counts()  # opt-in
+    report = zmlx_rs.patch(model, patterns=["attention_qkv", "qk_norm"])
+    assert report.counts()["qk_norm"] == model.args.num_hidden_layers
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn, FusedQKNormAttention) and isinstance(attn.original, FusedQKVAttention)
+    assert mx.allclose(model(tokens), want, rtol=1e-5, atol=1e-5).item()
+    zmlx_rs.unpatch(model)
+    assert not any(isinstance(m, patterns.Fused) for _, m in model.named_modules())
+    assert mx.array_equal(model(tokens), want).item()
+    # Everything at once, the other opt-in patterns included, and back.
+    zmlx_rs.patch(model, patterns=patterns.names())
+    assert mx.allclose(model(tokens), want, rtol=1e-4, atol=1e-4).item()
+    zmlx_rs.unpatch(model)
+    assert mx.array_equal(model(tokens), want).item()
+
+
+def test_pattern_leaves_llama_attention_alone():
+    model = tiny.build("llama")
+    report = zmlx_rs.patch(model, patterns=["attention_qkv", "qk_norm"])
+    assert "qk_norm" not in report.counts() and report.counts()["attention_qkv"] > 0
