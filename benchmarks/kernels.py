@@ -79,6 +79,26 @@ def mlx_dropout(x, p):
     return (mask * x) * (1 / (1 - p))
 
 
+def stream_branch_weight(shape: tuple[int, ...]) -> tuple[mx.array, ...]:
+    """x, r (..., D) and an RMSNorm weight (D,)."""
+    return (*normals(shape, shape), mx.random.uniform(0.5, 1.5, shape[-1:]).astype(DT))
+
+
+def qkv_and_norms(shape: tuple[int, ...], head_dim: int) -> tuple[mx.array, ...]:
+    """A q|k|v projection output and the q and k head-norm weights."""
+    w = (head_dim,)
+    return (*normals(shape), *(mx.random.uniform(0.5, 1.5, w).astype(DT) for _ in range(2)))
+
+
+def mlx_add_rms_norm(x, r, w):
+    h = x + r
+    return h, mx.fast.rms_norm(h, w, 1e-5)
+
+
+def mlx_qk_rms_norm(qkv, qw, kw):
+    return reference.qk_rms_norm(qkv, qw, kw, (1e-6, 1e-6), 32, 4)
+
+
 def ours(fn: Callable) -> dict[str, Callable]:
     """Our two entry points: the inference kernel (one node) and the differentiable one."""
     return {"ours": partial(fn, differentiable=False), "ours (grad)": fn}
@@ -193,6 +213,42 @@ def cases(quick: bool) -> list[Case]:
                     lambda a, k=k: a[0].nbytes + a[0].shape[0] * k * (a[0].itemsize + 4),
                 )
             )
+    for model, hidden in [("mistral-7b", 4096), ("qwen3-30b-a3b", 2048)]:
+        for phase, t in tok:
+            shape = (t, hidden)
+            mk = partial(stream_branch_weight, shape)
+            out.append(
+                (
+                    f"add_rms_norm {model} {phase}",
+                    str(shape),
+                    mk,
+                    {
+                        "mlx": mlx_add_rms_norm,
+                        "compiled": mx.compile(mlx_add_rms_norm),
+                        "ours": partial(kernels.add_rms_norm, eps=1e-5),
+                    },
+                    lambda a: 4 * a[0].nbytes + a[2].nbytes,
+                )
+            )
+    for phase, t in tok:
+        # Qwen3-30B-A3B: 32 query and 4 key/value heads of 128.
+        shape = (t, 36 * 128 + 4 * 128)
+        mk = partial(qkv_and_norms, shape, 128)
+        out.append(
+            (
+                f"qk_rms_norm qwen3-30b-a3b {phase}",
+                str(shape),
+                mk,
+                {
+                    "mlx": mlx_qk_rms_norm,
+                    "compiled": mx.compile(mlx_qk_rms_norm),
+                    "ours": partial(
+                        kernels.qk_rms_norm, eps=(1e-6, 1e-6), n_heads=32, n_kv_heads=4
+                    ),
+                },
+                lambda a: 2 * a[0].nbytes,
+            )
+        )
     shape = (512 if quick else 2048, 4096)
     mk = partial(normals, shape)
     out.append(
