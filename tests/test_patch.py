@@ -259,8 +259,8 @@ def test_pattern_selection_and_errors():
         "moe_decode",
         "moe_block",
         "moe_experts",
-        "attention_qkv",
         "qk_norm",
+        "attention_qkv",
         "dense_mlp",
         "qmv",
     ]
@@ -399,8 +399,8 @@ def test_a_specialised_moe_block_can_take_the_patterns_place():
             "moe_decode",
             "moe_block",
             "moe_experts",
-            "attention_qkv",
             "qk_norm",
+            "attention_qkv",
             "dense_mlp",
             "qmv",
         ]

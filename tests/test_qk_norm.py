@@ -57,10 +57,16 @@ def test_pattern_wraps_fused_qwen3_attention_and_reverts(family):
     tokens = mx.array([[1, 5, 9, 2, 33, 70, 4, 8]])
     want = model(tokens)
     assert "qk_norm" not in zmlx_rs.patch(model).counts()  # opt-in
-    report = zmlx_rs.patch(model, patterns=["attention_qkv", "qk_norm"])
-    assert report.counts()["qk_norm"] == model.args.num_hidden_layers
+    zmlx_rs.unpatch(model)
+    # On its own, and ahead of attention_qkv when both are asked for.
+    for chosen in (["qk_norm"], ["attention_qkv", "qk_norm"]):
+        report = zmlx_rs.patch(model, patterns=chosen)
+        assert report.counts() == {"qk_norm": model.args.num_hidden_layers}
+        zmlx_rs.unpatch(model)
+    zmlx_rs.patch(model, patterns=["qk_norm"])
     attn = model.model.layers[0].self_attn
-    assert isinstance(attn, FusedQKNormAttention) and isinstance(attn.original, FusedQKVAttention)
+    assert isinstance(attn, FusedQKNormAttention) and isinstance(attn, FusedQKVAttention)
+    assert not isinstance(attn.original, patterns.Fused)
     assert mx.allclose(model(tokens), want, rtol=1e-5, atol=1e-5).item()
     zmlx_rs.unpatch(model)
     assert not any(isinstance(m, patterns.Fused) for _, m in model.named_modules())

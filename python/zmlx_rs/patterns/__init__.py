@@ -19,15 +19,15 @@ __all__ = ["ALL", "OK", "Fused", "Pattern", "get", "names", "register"]
 # add_norm first: it takes the decoder blocks, outside everything else. Then moe_decode: it
 # takes the MoE blocks with quantised experts its kernels run (measured faster than moe_block
 # on the GPU), moe_block the others; moe_experts after both (it packs the experts inside the
-# block); qk_norm after attention_qkv (it wraps what that one makes); qmv last, so that it
-# also takes the stacked projections the others make.
+# block); qk_norm before attention_qkv (it does what that one does and more, on qwen3's
+# attention); qmv last, so that it also takes the stacked projections the others make.
 ALL: list[Pattern] = [
     AddNorm(),
     MoEDecode(),
     MoEBlock(),
     MoEExperts(),
-    AttentionQKV(),
     QKNorm(),
+    AttentionQKV(),
     DenseMLP(),
     QMV(),
 ]

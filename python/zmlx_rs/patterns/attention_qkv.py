@@ -108,15 +108,19 @@ class FusedQKVAttention(Fused):
         self.note = "q|k|v -> qkv_proj"
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        B, L, _ = x.shape
-        queries, keys, values = mx.split(self.qkv_proj(x), self.split_at, axis=-1)
+        queries, keys, values = self.heads(self.qkv_proj(x))
+        return attend(self, queries, keys, values, mask, cache)
+
+    def heads(self, qkv: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """q, k (normalised if the forward does) and v as (B, L, heads, D)."""
+        B, L, _ = qkv.shape
+        queries, keys, values = mx.split(qkv, self.split_at, axis=-1)
         queries = queries.reshape(B, L, self.n_heads, -1)
         keys = keys.reshape(B, L, self.n_kv_heads, -1)
         if self.qk_norm:
             queries = self.q_norm(queries)
             keys = self.k_norm(keys)
-        values = values.reshape(B, L, self.n_kv_heads, -1)
-        return attend(self, queries, keys, values, mask, cache)
+        return queries, keys, values.reshape(B, L, self.n_kv_heads, -1)
 
 
 def attend(
