@@ -5,27 +5,24 @@
 //! the results are MLX's bit for bit where MLX runs its one-block-per-row `rms_norm_small`:
 //! rows of up to 8 vectors of 16 bytes per thread of 128.
 
-use super::{numel, require_float, DType, KernelSource, Launch, TemplateArg};
+use super::{
+    numel, require_float, vector_width, DType, KernelSource, Launch, TemplateArg, RMS, WARP,
+};
 use crate::error::{shape_str, Error, Result};
 
 pub static ADD_RMS_NORM: KernelSource = KernelSource {
     name: "zmlx_add_rms_norm",
     inputs: &["x", "r", "w"],
     outputs: &["h", "out"],
-    helpers: &[],
+    helpers: &[WARP, RMS],
     body: include_str!("cuda/add_rms_norm.cu"),
 };
 
 const OP: &str = "add_rms_norm";
 
-/// Values per 16-byte vector of `dtype`, as MLX's rms_norm reads them.
-fn vec_width(dtype: DType) -> usize {
-    16 / dtype.size()
-}
-
 /// The longest row MLX's `rms_norm_small` takes (and so this kernel).
 pub fn max_row(dtype: DType) -> usize {
-    vec_width(dtype) * 128 * 8
+    vector_width(dtype) * 128 * 8
 }
 
 /// (threads per block, vectors per thread) as MLX-CUDA's rms_norm dispatch picks them.
@@ -89,7 +86,7 @@ pub fn plan(
         return Err(Error::value(OP, "eps", "a finite number >= 0", eps));
     }
     let rows = numel(shape) / d;
-    let (block, chunks) = mlx_geometry(d, vec_width(dtype));
+    let (block, chunks) = mlx_geometry(d, vector_width(dtype));
     if rows == 0 || rows * block > u32::MAX as usize || numel(shape) > i32::MAX as usize {
         return Err(Error::shape(
             OP,
@@ -105,7 +102,7 @@ pub fn plan(
             ("D", TemplateArg::Int(d as i32)),
             ("BLOCK", TemplateArg::Int(block as i32)),
             ("CHUNKS", TemplateArg::Int(chunks as i32)),
-            ("VEC", TemplateArg::Int(vec_width(dtype) as i32)),
+            ("VEC", TemplateArg::Int(vector_width(dtype) as i32)),
             // MLX passes eps as an fp32 argument: its bits, exactly.
             ("EPS_BITS", TemplateArg::Int((eps as f32).to_bits() as i32)),
         ],

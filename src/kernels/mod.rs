@@ -25,6 +25,8 @@ pub const MLX_SILU: &str = include_str!("cuda/mlx_silu.cuh");
 pub const ACTIVATIONS: &str = include_str!("cuda/activations.cuh");
 /// Warp-wide reductions.
 pub const WARP: &str = include_str!("cuda/warp.cuh");
+/// The scale and output of MLX's RMSNorm, for the kernels that reproduce it.
+pub const RMS: &str = include_str!("cuda/rms.cuh");
 /// The Philox4x32-10 counter-based generator.
 pub const PHILOX: &str = include_str!("cuda/philox.cuh");
 

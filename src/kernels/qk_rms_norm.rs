@@ -3,27 +3,24 @@
 //! (two kernel nodes, each after a copy MLX makes of the strided split, plus four view nodes);
 //! this is one node with three outputs and MLX-CUDA's RMSNorm arithmetic (see the kernel).
 
-use super::{numel, require_float, DType, KernelSource, Launch, TemplateArg};
+use super::{
+    numel, require_float, vector_width, DType, KernelSource, Launch, TemplateArg, RMS, WARP,
+};
 use crate::error::{shape_str, Error, Result};
 
 pub static QK_RMS_NORM: KernelSource = KernelSource {
     name: "zmlx_qk_rms_norm",
     inputs: &["qkv", "q_w", "k_w"],
     outputs: &["q_out", "k_out", "v_out"],
-    helpers: &[],
+    helpers: &[WARP, RMS],
     body: include_str!("cuda/qk_rms_norm.cu"),
 };
 
 const OP: &str = "qk_rms_norm";
 
-/// Values per 16-byte vector of `dtype`, as MLX's rms_norm reads them.
-fn vec_width(dtype: DType) -> usize {
-    16 / dtype.size()
-}
-
 /// The widest head the kernel takes: MLX's RMSNorm then sums it in its first warp alone.
 pub fn max_head(dtype: DType) -> usize {
-    32 * vec_width(dtype)
+    32 * vector_width(dtype)
 }
 
 /// qkv (..., (n_heads + n_kv_heads) * D + n_kv_heads * DV), q_w and k_w (D,), all of one
@@ -116,7 +113,7 @@ pub fn plan(
             ("HK", TemplateArg::Int(hk as i32)),
             ("D", TemplateArg::Int(d as i32)),
             ("DV", TemplateArg::Int(dv as i32)),
-            ("VEC", TemplateArg::Int(vec_width(dtype) as i32)),
+            ("VEC", TemplateArg::Int(vector_width(dtype) as i32)),
             (
                 "EPS_Q_BITS",
                 TemplateArg::Int((eps.0 as f32).to_bits() as i32),

@@ -5,15 +5,15 @@
 //! by DRAM: 24-38% of copy bandwidth on an H100). Weights are MLX affine-quantised as
 //! `mx.quantize` lays them out: (N, K / 8) uint32, (N, K / group_size) scales and biases.
 
-use super::moe_qmv::{ArraySpec, DEQUANT, GROUP_SIZES};
-use super::{numel, DType, KernelSource, Launch, TemplateArg};
+use super::moe_qmv::{ArraySpec, Quant, DEQUANT};
+use super::{numel, DType, KernelSource, Launch, TemplateArg, WARP};
 use crate::error::{shape_str, Error, Result};
 
 pub static QMV: KernelSource = KernelSource {
     name: "zmlx_qmv",
     inputs: &["x", "w", "scales", "biases"],
     outputs: &["out"],
-    helpers: &[DEQUANT],
+    helpers: &[WARP, DEQUANT],
     body: include_str!("cuda/qmv.cu"),
 };
 
@@ -42,10 +42,7 @@ pub fn plan(
     if bits != 4 {
         return Err(Error::value(OP, "bits", "4", bits));
     }
-    if !GROUP_SIZES.iter().any(|&g| g as i64 == group_size) {
-        return Err(Error::value(OP, "group_size", "32, 64 or 128", group_size));
-    }
-    let gs = group_size as usize;
+    let gs = Quant::new(OP, bits, group_size)?.group_size;
     let (x_shape, x_dtype) = x;
     if !matches!(x_dtype, DType::F16 | DType::BF16) {
         return Err(Error::dtype(OP, "x", "float16 or bfloat16", x_dtype));

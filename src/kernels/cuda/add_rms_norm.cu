@@ -46,22 +46,15 @@
       sq = fmaf(hv[c][v], hv[c][v], sq);
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    sq += __shfl_xor_sync(0xffffffffu, sq, o);
-  }
+  sq = zm::warp_sum(sq);
   if (WARPS > 1) {
     if ((t & 31) == 0) {
       partial[t >> 5] = sq;
     }
     __syncthreads();
-    sq = (t & 31) < WARPS ? partial[t & 31] : 0.0f;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      sq += __shfl_xor_sync(0xffffffffu, sq, o);
-    }
+    sq = zm::warp_sum((t & 31) < WARPS ? partial[t & 31] : 0.0f);
   }
-  const float scale = rsqrtf(sq / static_cast<float>(D) + __int_as_float(EPS_BITS));
+  const float scale = zm::mlx_rms_scale(sq, D, __int_as_float(EPS_BITS));
 #pragma unroll
   for (int c = 0; c < CHUNKS; ++c) {
     const int base = (BLOCK * c + t) * VEC;
@@ -70,14 +63,14 @@
       zm::Vec<T, VEC> os;
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
-        os.v[v] = zm::mul_in<T>(ws.v[v], zm::from_f<T>(hv[c][v] * scale));
+        os.v[v] = zm::mlx_rms_out<T>(ws.v[v], hv[c][v], scale);
       }
       zm::store<VEC>(out + row * D + base, os);
     } else {
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
         if (base + v < D) {
-          out[row * D + base + v] = zm::mul_in<T>(w[base + v], zm::from_f<T>(hv[c][v] * scale));
+          out[row * D + base + v] = zm::mlx_rms_out<T>(w[base + v], hv[c][v], scale);
         }
       }
     }

@@ -25,16 +25,12 @@
     hv[i] = lane * VEC + i < D ? zm::to_f(src[lane * VEC + i]) : 0.0f;
     sq = fmaf(hv[i], hv[i], sq);
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    sq += __shfl_xor_sync(0xffffffffu, sq, o);
-  }
   const float scale =
-      rsqrtf(sq / static_cast<float>(D) + __int_as_float(is_q ? EPS_Q_BITS : EPS_K_BITS));
+      zm::mlx_rms_scale(zm::warp_sum(sq), D, __int_as_float(is_q ? EPS_Q_BITS : EPS_K_BITS));
   if (lane * VEC < D) {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      dst[lane * VEC + i] = zm::mul_in<T>(weight[lane * VEC + i], zm::from_f<T>(hv[i] * scale));
+      dst[lane * VEC + i] = zm::mlx_rms_out<T>(weight[lane * VEC + i], hv[i], scale);
     }
   }
   if (!is_q) {

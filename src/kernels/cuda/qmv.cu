@@ -96,10 +96,7 @@
       const T2 a = acc[j][(i / 8) * 4 + i % 4];
       sum += zm::to_f(i % 8 < 4 ? a.x : a.y);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    }
+    sum = zm::warp_sum(sum);
     if (lane == 0 && row0 + j < N) {
       out[static_cast<long long>(blockIdx.y) * N + row0 + j] = zm::from_f<T>(sum);
     }
