@@ -137,6 +137,12 @@ class _Kernel:
             self._launches[key] = got
         return got
 
+    def launch_for(self, key: tuple, op: str, arrays: dict[str, Any], *scalars: Any) -> _Launch:
+        """`launch` for a plan that takes each array as its (shape, dtype name), then
+        scalars; the names are the arguments errors mention."""
+        specs = [_array_spec(a, name, op) for name, a in arrays.items()]
+        return self.launch(key, *specs, *scalars)
+
     def _resolve(self, inputs: Sequence[mx.array], launch: _Launch) -> tuple | bool:
         found = None
         if self.precompiled:
@@ -601,7 +607,7 @@ _QMV_SWIGLU = _Kernel(_native.plan_gather_qmv_swiglu)
 _QMV_COMBINE = _Kernel(_native.plan_gather_qmv_combine)
 
 
-def _qmv_spec(a: Any, arg: str, op: str) -> tuple[list[int], str]:
+def _array_spec(a: Any, arg: str, op: str) -> tuple[list[int], str]:
     dtype = _dtype_name(a, arg, op)
     return list(a.shape), dtype
 
@@ -635,16 +641,8 @@ def _qmv_swiglu_launch(x, indices, w, scales, biases, group_size, bits) -> _Laun
         return got
     op = "gather_qmv_swiglu"
     _quant_ints(group_size, bits, op)
-    return _QMV_SWIGLU.launch(
-        key,
-        _qmv_spec(x, "x", op),
-        _qmv_spec(indices, "indices", op),
-        _qmv_spec(w, "w", op),
-        _qmv_spec(scales, "scales", op),
-        _qmv_spec(biases, "biases", op),
-        bits,
-        group_size,
-    )
+    arrays = {"x": x, "indices": indices, "w": w, "scales": scales, "biases": biases}
+    return _QMV_SWIGLU.launch_for(key, op, arrays, bits, group_size)
 
 
 def gather_qmv_swiglu(
@@ -696,17 +694,9 @@ def _qmv_combine_launch(act, indices, scores, w, scales, biases, group_size, bit
         return got
     op = "gather_qmv_combine"
     _quant_ints(group_size, bits, op)
-    return _QMV_COMBINE.launch(
-        key,
-        _qmv_spec(act, "act", op),
-        _qmv_spec(indices, "indices", op),
-        _qmv_spec(scores, "scores", op),
-        _qmv_spec(w, "w", op),
-        _qmv_spec(scales, "scales", op),
-        _qmv_spec(biases, "biases", op),
-        bits,
-        group_size,
-    )
+    arrays = {"act": act, "indices": indices, "scores": scores, "w": w}
+    arrays |= {"scales": scales, "biases": biases}
+    return _QMV_COMBINE.launch_for(key, op, arrays, bits, group_size)
 
 
 def gather_qmv_combine(
@@ -759,15 +749,8 @@ def _qmv_launch(x, w, scales, biases, group_size, bits) -> _Launch:
         return got
     op = "qmv"
     _quant_ints(group_size, bits, op)
-    return _QMV.launch(
-        key,
-        _qmv_spec(x, "x", op),
-        _qmv_spec(w, "w", op),
-        _qmv_spec(scales, "scales", op),
-        _qmv_spec(biases, "biases", op),
-        bits,
-        group_size,
-    )
+    arrays = {"x": x, "w": w, "scales": scales, "biases": biases}
+    return _QMV.launch_for(key, op, arrays, bits, group_size)
 
 
 def qmv(
@@ -816,9 +799,8 @@ def add_rms_norm(
         op = "add_rms_norm"
         if isinstance(eps, bool) or not isinstance(eps, int | float):
             raise _native.ZmlxError(f"{op}(): 'eps' must be a number, got {eps!r}")
-        launch = _ADD_RMS_NORM.launch(
-            key, _qmv_spec(x, "x", op), _qmv_spec(r, "r", op), _qmv_spec(weight, "weight", op), eps
-        )
+        arrays = {"x": x, "r": r, "weight": weight}
+        launch = _ADD_RMS_NORM.launch_for(key, op, arrays, eps)
     if _backend.on_cuda():
         h, out = _ADD_RMS_NORM([x, r, weight], launch)
         return h, out
@@ -856,15 +838,8 @@ def qk_rms_norm(
         for arg, n in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
             if isinstance(n, bool) or not isinstance(n, int):
                 raise _native.ZmlxError(f"{op}(): '{arg}' must be an int, got {n!r}")
-        launch = _QK_RMS_NORM.launch(
-            key,
-            _qmv_spec(qkv, "qkv", op),
-            _qmv_spec(q_weight, "q_weight", op),
-            _qmv_spec(k_weight, "k_weight", op),
-            eps,
-            n_heads,
-            n_kv_heads,
-        )
+        arrays = {"qkv": qkv, "q_weight": q_weight, "k_weight": k_weight}
+        launch = _QK_RMS_NORM.launch_for(key, op, arrays, eps, n_heads, n_kv_heads)
     if _backend.on_cuda():
         q, k, v = _QK_RMS_NORM([qkv, q_weight, k_weight], launch)
         return q, k, v
