@@ -59,6 +59,19 @@ def interleaved(
     return out
 
 
+def copy_bandwidth(nbytes: int, rounds: int) -> float:
+    """Bytes read + written per second by `a * 1` on a bf16 array of `nbytes` (median)."""
+    a = mx.random.normal((nbytes // 2,)).astype(mx.bfloat16)
+    mx.eval(a)
+    mx.eval(a * 1)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        mx.eval(a * 1)
+        times.append(time.perf_counter() - t0)
+    return 2 * nbytes / statistics.median(times)
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 

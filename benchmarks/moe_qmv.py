@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
+from common import copy_bandwidth
 from zmlx_rs import _backend, kernels
 from zmlx_rs import reference as ref
 
@@ -39,19 +40,6 @@ def _timed(make, rounds: int) -> float:
         mx.eval(outs)
         times.append((time.perf_counter() - t0) / CALLS)
     return statistics.median(times)
-
-
-def copy_bandwidth(nbytes: int, rounds: int) -> float:
-    """Bytes read + written per second by `a * 1` on a bf16 array of `nbytes`."""
-    a = mx.random.normal((nbytes // 2,)).astype(mx.bfloat16)
-    mx.eval(a)
-    mx.eval(a * 1)
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        mx.eval(a * 1)
-        times.append(time.perf_counter() - t0)
-    return 2 * nbytes / statistics.median(times)
 
 
 def _experts(n, rows, cols, bits, gs, dtype):

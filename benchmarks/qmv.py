@@ -18,24 +18,13 @@ import statistics
 import time
 
 import mlx.core as mx
-from common import device_name, ratio_stats, table, write_json
+from common import copy_bandwidth, device_name, ratio_stats, table, write_json
 from zmlx_rs import _native, kernels, measure, patch, patterns, synthetic, unpatch
 
 CALLS = 64
 # (N, K): Mistral-7B q/o, q|k|v, gate and up, gate|up, down; Qwen3-30B-A3B q|k|v, o.
 SHAPES = [(4096, 4096), (6144, 4096), (14336, 4096), (28672, 4096), (4096, 14336), (5120, 2048),
           (2048, 4096)]  # fmt: skip
-
-
-def copy_bandwidth(nbytes: int, rounds: int) -> float:
-    a = mx.random.normal((nbytes // 2,)).astype(mx.bfloat16)
-    mx.eval(a * 1)
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        mx.eval(a * 1)
-        times.append(time.perf_counter() - t0)
-    return 2 * nbytes / statistics.median(times)
 
 
 def bench_shape(n: int, k: int, rounds: int, copy: float) -> tuple[dict, list[str]]:
