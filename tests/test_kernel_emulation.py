@@ -405,20 +405,9 @@ def test_add_rms_norm_is_mlx_arithmetic(rows, d, dtype):
 
 
 def _mlx_head_rms_norm(x: np.ndarray, w: np.ndarray, eps: float, vec: int, dtype) -> np.ndarray:
-    """MLX-CUDA's rms_norm_small on rows of at most 32 vectors: lane t squares vector t's
-    values by fmas, the warp adds by an xor butterfly (the second warp adds an exact 0)."""
-    rows, d = x.shape
-    xf = x.astype(np.float32)
-    lanes = np.zeros((rows, 32), dtype=np.float32)
-    for t in range(d // vec):
-        for i in range(vec):
-            col = xf[:, t * vec + i].astype(np.float64)
-            lanes[:, t] = (col**2 + lanes[:, t]).astype(np.float32)
-    for o in (16, 8, 4, 2, 1):
-        lanes = (lanes + lanes[:, np.arange(32) ^ o]).astype(np.float32)
-    scale = np.float32(1) / np.sqrt(lanes[:, :1] / np.float32(d) + np.float32(eps))
-    y = (xf * scale).astype(np.float32).astype(dtype)
-    return (w.astype(np.float32) * y.astype(np.float32)).astype(dtype)
+    """MLX-CUDA's RMSNorm of rows of at most 32 vectors: rms_norm_small with 64 threads and
+    one vector each, i.e. the add-then-norm model with nothing added."""
+    return _mlx_add_rms_norm(x, np.zeros_like(x), w, eps, 64, 1, vec, dtype)[1]
 
 
 @pytest.mark.parametrize(
