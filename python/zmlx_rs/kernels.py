@@ -612,8 +612,9 @@ def _array_spec(a: Any, arg: str, op: str) -> tuple[list[int], str]:
     return list(a.shape), dtype
 
 
-def _quant_ints(group_size: Any, bits: Any, op: str) -> None:
-    for arg, v in (("group_size", group_size), ("bits", bits)):
+def _require_ints(op: str, **values: Any) -> None:
+    """Python ints (not bools) for the named arguments, before they reach a Rust plan."""
+    for arg, v in values.items():
         if isinstance(v, bool) or not isinstance(v, int):
             raise _native.ZmlxError(f"{op}(): '{arg}' must be an int, got {v!r}")
 
@@ -640,7 +641,7 @@ def _qmv_swiglu_launch(x, indices, w, scales, biases, group_size, bits) -> _Laun
     if got is not None:
         return got
     op = "gather_qmv_swiglu"
-    _quant_ints(group_size, bits, op)
+    _require_ints(op, group_size=group_size, bits=bits)
     arrays = {"x": x, "indices": indices, "w": w, "scales": scales, "biases": biases}
     return _QMV_SWIGLU.launch_for(key, op, arrays, bits, group_size)
 
@@ -693,7 +694,7 @@ def _qmv_combine_launch(act, indices, scores, w, scales, biases, group_size, bit
     if got is not None:
         return got
     op = "gather_qmv_combine"
-    _quant_ints(group_size, bits, op)
+    _require_ints(op, group_size=group_size, bits=bits)
     arrays = {"act": act, "indices": indices, "scores": scores, "w": w}
     arrays |= {"scales": scales, "biases": biases}
     return _QMV_COMBINE.launch_for(key, op, arrays, bits, group_size)
@@ -748,7 +749,7 @@ def _qmv_launch(x, w, scales, biases, group_size, bits) -> _Launch:
     if got is not None:
         return got
     op = "qmv"
-    _quant_ints(group_size, bits, op)
+    _require_ints(op, group_size=group_size, bits=bits)
     arrays = {"x": x, "w": w, "scales": scales, "biases": biases}
     return _QMV.launch_for(key, op, arrays, bits, group_size)
 
@@ -835,9 +836,7 @@ def qk_rms_norm(
         op = "qk_rms_norm"
         if not (isinstance(eps, tuple) and len(eps) == 2):
             raise _native.ZmlxError(f"{op}(): 'eps' must be a (q, k) pair of numbers, got {eps!r}")
-        for arg, n in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
-            if isinstance(n, bool) or not isinstance(n, int):
-                raise _native.ZmlxError(f"{op}(): '{arg}' must be an int, got {n!r}")
+        _require_ints(op, n_heads=n_heads, n_kv_heads=n_kv_heads)
         arrays = {"qkv": qkv, "q_weight": q_weight, "k_weight": k_weight}
         launch = _QK_RMS_NORM.launch_for(key, op, arrays, eps, n_heads, n_kv_heads)
     if _backend.on_cuda():
