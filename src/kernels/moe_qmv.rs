@@ -81,33 +81,40 @@ pub const MAX_PAIRS: usize = 65_535;
 // max(64, group_size)), its numbers come from the tensor cores' rounding, which fp32 fmas do
 // not reproduce (a random-weight Qwen3-30B-A3B's greedy tokens drifted from the unfused
 // model's after ~20 steps). There the _mma kernels run the same mma.sync steps instead
-// (mma.cuh): one warp per 8 rows of one expert, its rows' whole reduction staged in shared
-// memory with asynchronous copies up front, then the D / 16 steps in order. Elsewhere MLX
-// runs an fp32 qmv and the split-K kernels below keep its dequantisation (dequant.cuh).
+// (mma.cuh): a warp owns 8 rows of one expert and runs their D / 16 steps in order, reading
+// only shared memory (weights, scales, biases and x staged by asynchronous copies, a few parts
+// of the weights in flight at a time). Each output is one chain of dependent steps, so what
+// bounds these kernels is how soon each warp's chain starts and how long a step takes: the
+// first version read x and the scales from global memory inside the steps and requested all
+// weights up front, and took 38 us (ncu, H100) for the Qwen3-30B-A3B gate|up at 11% of DRAM
+// bandwidth; staging, leaner steps and parts in flight took it to 9.4 us per call
+// (benchmarks/moe_qmv.py). Elsewhere MLX runs an fp32 qmv and the split-K kernels below keep
+// its dequantisation (dequant.cuh).
 /// Static shared memory a block may use.
 const MMA_SMEM: usize = 48 * 1024;
 
+/// Shared memory one warp of an _mma kernel stages (zm::MmaStage): 8 weight rows over `n_in`
+/// inputs, padded by 16 bytes a row, and their scales and biases.
+fn mma_stage_bytes(q: Quant, n_in: usize) -> usize {
+    8 * (n_in * q.bits / 8 + 16) + 2 * 8 * (n_in / q.group_size) * 2
+}
+
 /// Whether MLX's gather_qmm uses qmm_sm80 for `rows` (token, expert) rows of `n` outputs over
-/// `n_in` inputs, and one _mma block of `warps` warps (8 rows each, staged) fits.
+/// `n_in` inputs, and an _mma block staging `smem` bytes fits.
 fn use_mma(
     dtype: DType,
     experts: &Experts,
     q: Quant,
     rows: usize,
-    n: usize,
-    n_in: usize,
-    warps: usize,
+    (n, n_in): (usize, usize),
+    smem: usize,
 ) -> bool {
-    // Per warp, as the _mma kernels declare it: 8 weight rows padded by 16 bytes, 8 rows of
-    // (scale, bias) pairs padded to an odd count, 8 fp32 results.
-    let groups = n_in / q.group_size;
-    let staged = 8 * (n_in * q.bits / 8 + 16) + 8 * (groups | 1) * 4 + 8 * 4;
     matches!(dtype, DType::F16 | DType::BF16)
         && experts.scales.1 == dtype
         && rows >= 8
         && n % 128 == 0
         && n_in % q.group_size.max(64) == 0
-        && warps * staged <= MMA_SMEM
+        && smem <= MMA_SMEM
 }
 
 /// Threads per block are a multiple of 32 up to this many warps, sized so that the reduction's
@@ -319,7 +326,9 @@ pub fn plan_swiglu(
         ("K", TemplateArg::Int(k as i32)),
         ("E", TemplateArg::Int(n_experts as i32)),
     ];
-    if use_mma(x_dtype, &experts, q, pairs, inter, d, 2) {
+    // A gate warp and an up warp, x (two bytes a value) and their 2 x 8 results.
+    let smem = 2 * (mma_stage_bytes(q, d) + 8 * 4) + 2 * d;
+    if use_mma(x_dtype, &experts, q, pairs, (inter, d), smem) {
         // Blocks of 2 warps: 8 gate rows, the 8 matching up rows.
         return Ok(Launch {
             kernel: &MOE_QMV_SWIGLU_MMA,
@@ -428,7 +437,9 @@ pub fn plan_combine(
         ("E", TemplateArg::Int(n_experts as i32)),
     ];
     let scores_dtype = ("SC", TemplateArg::DType(s_dtype));
-    if use_mma(a_dtype, &experts, q, tokens * k, d, inter, k) {
+    // k warps, each with its expert's activations, and their k x 8 products.
+    let smem = k * (mma_stage_bytes(q, inter) + 2 * inter + 8 * 4);
+    if use_mma(a_dtype, &experts, q, tokens * k, (d, inter), smem) {
         // Blocks of k warps: expert k's 8 rows each.
         template.push(scores_dtype);
         return Ok(Launch {
@@ -556,8 +567,9 @@ mod tests {
         // 2 warps x 8 rows x 4 KiB of gate|up weights at D = 8192, exceed 48 KiB.
         assert_eq!(picked(8, 4096, 14336, 8).1, "zmlx_moe_qmv_combine");
         assert_eq!(picked(8, 8192, 1024, 16).0, "zmlx_moe_qmv_swiglu");
-        // GLM-4.5-Air (D = 4096, I = 1408, k = 8): gate|up fits (2 x 18.6 KiB), the combine
-        // does not (8 x 6.4 KiB) and keeps the split-K kernel.
+        // GLM-4.5-Air (D = 4096, I = 1408, k = 8): gate|up fits (2 warps x 18.1 KiB of
+        // weight rows, scales and biases, 8 KiB of x), the combine does not (8 x 9.1 KiB)
+        // and keeps the split-K kernel.
         assert_eq!(
             picked(8, 4096, 1408, 128),
             ("zmlx_moe_qmv_swiglu_mma", "zmlx_moe_qmv_combine")

@@ -74,14 +74,17 @@ __device__ __forceinline__ void v_slots(const T* v, int t, uint32_t& lo, uint32_
 }
 
 // ... and of a weight row's block (blk: its first byte), dequantised with sb = (scale, bias).
+// The fields are spread to (value, value) pairs with a byte permute and a shift; the mask
+// and dequant2's magic number then make one three-input logic op per pair.
 template <int BITS, typename T>
 __device__ __forceinline__ void w_slots(const unsigned char* blk, int t, uint32_t sb,
                                         uint32_t& lo, uint32_t& hi) {
   uint32_t f_lo, f_hi;
   if constexpr (BITS == 4) {
-    const uint32_t h = *reinterpret_cast<const uint16_t*>(blk + 2 * t);
-    f_lo = (h & 0xFu) | ((h << 8) & 0xF0000u);
-    f_hi = ((h >> 4) & 0xFu) | ((h << 4) & 0xF0000u);
+    // bytes (q1 q0, q3 q2) -> (q1 q0, 0, q3 q2, 0): q0, q2 in the low nibbles, q1, q3 above.
+    const uint32_t u = __byte_perm(*reinterpret_cast<const uint16_t*>(blk + 2 * t), 0, 0x4140);
+    f_lo = u & 0x000F000Fu;
+    f_hi = (u >> 4) & 0x000F000Fu;
   } else {
     const uint32_t u = *reinterpret_cast<const uint32_t*>(blk + 4 * t);
     f_lo = u & 0x00FF00FFu;
@@ -107,60 +110,97 @@ __device__ __forceinline__ void w_slots(const unsigned char* blk, int t, uint32_
   }
 }
 
-// The dot products of 8 weight rows of expert data (row r: RB = N * BITS / 8 bytes at
-// w + r * RB, scales and biases for group q at s[r * (N / GS) + q], b[...]) with v (N values
-// of T), MLX's way, by one warp. The rows are staged in shared memory (ws: row r at r * RS;
-// sb: (scale, bias) pairs in T, row r at r * GP) with asynchronous copies issued up front in
-// four parts along the reduction, and the steps of each part run as soon as it has landed.
-// Lane 4g + t gets rows 2t, 2t + 1 in c[0], c[1].
-template <int BITS, int GS, int N, int RS, int GP, typename T, typename S>
-__device__ __forceinline__ void mma_rows(float (&c)[4], const uint32_t* w, const S* s,
-                                         const S* b, unsigned char* ws, uint32_t* sb, const T* v,
-                                         int lane) {
-  constexpr int RB = N * BITS / 8;
-  constexpr int CHUNKS = RB / 16;  // per row
-  constexpr int G = N / GS;
-  const unsigned char* src = reinterpret_cast<const unsigned char*>(w);
-  auto part_end = [](int p) { return (p + 1) * CHUNKS / 4; };
-#pragma unroll
-  for (int p = 0; p < 4; ++p) {
-    for (int i = lane; i < 8 * (part_end(p) - p * CHUNKS / 4); i += 32) {
-      const int r = i % 8;
-      const int o = (p * CHUNKS / 4 + i / 8) * 16;
-      copy_async16(ws + r * RS + o, src + r * RB + o);
-    }
-    commit_async();
+// What one warp stages in shared memory for mma_rows: 8 weight rows of N values (RB bytes
+// each, padded by 16 so that the 8 rows a step reads fall on different banks) and their
+// scales and biases (raw bits, the 8 rows back to back as in global memory).
+template <int BITS, int GS, int N>
+struct MmaStage {
+  static constexpr int RB = N * BITS / 8;
+  static constexpr int RS = RB + 16;
+  static constexpr int G = N / GS;
+  unsigned char w[8 * RS];
+  uint16_t s[8 * G];
+  uint16_t b[8 * G];
+};
+
+// Issues the asynchronous copy of v (N values of T, 16-byte aligned) to shared memory, shared
+// by the block's `threads` threads: mma_rows waits for it.
+template <int N, typename T>
+__device__ __forceinline__ void stage_v(uint16_t* sv, const T* v, int thread, int threads) {
+  for (int i = thread; i < N / 8; i += threads) {
+    copy_async16(sv + 8 * i, v + 8 * i);
   }
-  for (int i = lane; i < 8 * G; i += 32) {
-    const T pair[2] = {from_f<T>(to_f(s[i])), from_f<T>(to_f(b[i]))};
-    sb[i / G * GP + i % G] = *reinterpret_cast<const uint32_t*>(pair);
+}
+
+// The dot products of 8 consecutive weight rows (from byte w, RB bytes each; their 8 * G
+// scales and biases from s and b; all 16-byte aligned) with v (N values of T in shared memory,
+// its copy issued by stage_v before: by the whole block if BLOCK_V, then every warp of the
+// block calls this, else by this warp), MLX's way, by one warp. The rows are copied to shared memory asynchronously in up to 8 parts of whole
+// groups along the reduction, at most 4 in flight: a part's steps run once it has landed,
+// while the next ones load. Keeping only a few parts in flight makes every warp's first parts
+// land before any warp's last: with all of them requested up front, each warp's first part
+// waited behind other warps' whole rows and the steps (one dependent chain of D / 16 mma)
+// started only when nearly all data had arrived. A step reads only shared memory. Lane 4g + t
+// ends with rows 2t, 2t + 1 in c[0], c[1].
+template <int BITS, int GS, int N, bool BLOCK_V, typename T>
+__device__ __forceinline__ void mma_rows(float (&c)[4], MmaStage<BITS, GS, N>& st,
+                                         const T* sv, const unsigned char* w, const uint16_t* s,
+                                         const uint16_t* b, int lane) {
+  using St = MmaStage<BITS, GS, N>;
+  constexpr int RB = St::RB;
+  constexpr int RS = St::RS;
+  constexpr int G = St::G;
+  constexpr int P = G < 8 ? G : 8;
+  constexpr int AHEAD = P < 4 ? P : 4;
+  constexpr int GB = GS * BITS / 8;  // bytes of one row per group: a multiple of 16
+  constexpr int STEPS = GS / 16;     // mma steps per group
+  auto load = [&](int p) {
+    const int n = ((p + 1) * G / P - p * G / P) * GB / 16;  // 16-byte chunks per row
+    const int o0 = p * G / P * GB;
+    for (int i = lane; i < 8 * n; i += 32) {
+      const int r = i / n;
+      const int o = o0 + (i % n) * 16;
+      copy_async16(st.w + r * RS + o, w + r * RB + o);
+    }
+  };
+  for (int i = lane; i < G; i += 32) {
+    copy_async16(st.s + 8 * i, s + 8 * i);
+    copy_async16(st.b + 8 * i, b + 8 * i);
+  }
+  load(0);
+  commit_async();  // with v, scales and biases
+#pragma unroll
+  for (int p = 1; p < AHEAD; ++p) {
+    load(p);
+    commit_async();
   }
   const int g = lane >> 2;
   const int t = lane & 3;
-  const unsigned char* row = ws + g * RS;
-  auto steps = [&](int p) {
-    // The 16-value blocks whose bytes part p completes.
-    const int kb_end = part_end(p) * 16 / (2 * BITS);
-#pragma unroll 4
-    for (int kb = p == 0 ? 0 : part_end(p - 1) * 16 / (2 * BITS); kb < kb_end; ++kb) {
-      uint32_t a_lo, a_hi, b_lo, b_hi;
-      v_slots(v + 16 * kb, t, a_lo, a_hi);
-      w_slots<BITS, T>(row + kb * 2 * BITS, t, sb[g * GP + kb * 16 / GS], b_lo, b_hi);
-      mma<T>(c, a_lo, a_hi, b_lo, b_hi);
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    wait_async<AHEAD - 1>();  // part p has landed; one group is committed per part
+    if (BLOCK_V && p == 0) {
+      __syncthreads();  // v, copied by the whole block
+    } else {
+      __syncwarp();
     }
-  };
-  wait_async<3>();
-  __syncwarp();
-  steps(0);
-  wait_async<2>();
-  __syncwarp();
-  steps(1);
-  wait_async<1>();
-  __syncwarp();
-  steps(2);
-  wait_async<0>();
-  __syncwarp();
-  steps(3);
+    if (p + AHEAD < P) {
+      load(p + AHEAD);
+    }
+    commit_async();
+#pragma unroll 2
+    for (int q = p * G / P; q < (p + 1) * G / P; ++q) {
+      const uint32_t sb = st.s[g * G + q] | static_cast<uint32_t>(st.b[g * G + q]) << 16;
+#pragma unroll
+      for (int kk = 0; kk < STEPS; ++kk) {
+        const int kb = q * STEPS + kk;
+        uint32_t a_lo, a_hi, b_lo, b_hi;
+        v_slots(sv + 16 * kb, t, a_lo, a_hi);
+        w_slots<BITS, T>(st.w + g * RS + kb * 2 * BITS, t, sb, b_lo, b_hi);
+        mma<T>(c, a_lo, a_hi, b_lo, b_hi);
+      }
+    }
+  }
 }
 
 }  // namespace zm

@@ -1,13 +1,11 @@
   // Decode-size MoE up-projection with SwiGLU on the tensor cores, rounded exactly as the
   // unfused path where MLX's gather_qmm runs qmm_sm80 (mma.cuh): a block owns outputs
   // j0..j0+7 of one (token, k) pair (blockIdx.y); warp 0 the 8 gate rows, warp 1 the 8 up rows
-  // of expert indices[pair], staged in shared memory as they are reduced (zm::mma_rows).
+  // of expert indices[pair], staged beside x (zm::mma_rows).
   constexpr int RB = D * BITS / 8;
-  constexpr int RS = RB + 16;  // padded: the 8 rows a step reads fall on different banks
   constexpr int G = D / GS;
-  __shared__ __align__(16) unsigned char ws[2][8 * RS];
-  constexpr int GP = G % 2 ? G : G + 1;  // odd: the 8 rows' pairs fall on different banks
-  __shared__ uint32_t sb[2][8 * GP];
+  __shared__ __align__(16) zm::MmaStage<BITS, GS, D> st[2];
+  __shared__ __align__(16) uint16_t xs[D];
   __shared__ float res[2][8];
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
@@ -16,9 +14,12 @@
   // Out-of-range experts are clamped rather than fault.
   const long long e = min(static_cast<uint32_t>(indices[pair]), static_cast<uint32_t>(E - 1));
   const long long row0 = e * 2 * I + warp * I + j0;
+  zm::stage_v<D>(xs, x + pair / K * D, threadIdx.x, 64);
   float c[4] = {};
-  zm::mma_rows<BITS, GS, D, RS, GP>(c, w + row0 * RB / 4, scales + row0 * G, biases + row0 * G,
-                                ws[warp], sb[warp], x + pair / K * D, lane);
+  zm::mma_rows<BITS, GS, D, true>(c, st[warp], reinterpret_cast<const T*>(xs),
+                            reinterpret_cast<const unsigned char*>(w) + row0 * RB,
+                            reinterpret_cast<const uint16_t*>(scales) + row0 * G,
+                            reinterpret_cast<const uint16_t*>(biases) + row0 * G, lane);
   if (lane < 4) {
     res[warp][2 * lane] = c[0];
     res[warp][2 * lane + 1] = c[1];
