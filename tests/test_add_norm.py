@@ -74,7 +74,7 @@ def test_pattern_takes_decoder_blocks_and_reverts(family):
     model = tiny.build(family)
     tokens = mx.array([[1, 5, 9, 2, 33, 70, 4, 8]])
     want = model(tokens)
-    assert "add_norm" not in zmlx_rs.patch(model).counts()  # opt-in
+    assert zmlx_rs.patch(model).counts()["add_norm"] == model.args.num_hidden_layers
     zmlx_rs.unpatch(model)
     report = zmlx_rs.patch(model, patterns=["add_norm"])
     assert report.counts() == {"add_norm": model.args.num_hidden_layers}

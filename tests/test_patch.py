@@ -28,19 +28,25 @@ PROMPT = mx.array([[(7 * i + 3) % 96 for i in range(40)]])
 # What patch() must fuse in each tiny family (2 layers; MoE families with one dense layer
 # where their config has first_k_dense_replace / mlp_only_layers).
 EXPECTED = {
-    "llama": {"attention_qkv": 2, "dense_mlp": 2},
-    "mistral": {"attention_qkv": 2, "dense_mlp": 2},
-    "qwen2": {"attention_qkv": 2, "dense_mlp": 2},
-    "qwen3": {"attention_qkv": 2, "dense_mlp": 2},
-    "qwen3_moe": {"moe_block": 1, "moe_experts": 1, "attention_qkv": 2, "dense_mlp": 1},
-    "qwen2_moe": {"moe_block": 2, "moe_experts": 2, "attention_qkv": 2, "dense_mlp": 2},
+    "llama": {"add_norm": 2, "attention_qkv": 2, "dense_mlp": 2},
+    "mistral": {"add_norm": 2, "attention_qkv": 2, "dense_mlp": 2},
+    "qwen2": {"add_norm": 2, "attention_qkv": 2, "dense_mlp": 2},
+    "qwen3": {"add_norm": 2, "qk_norm": 2, "dense_mlp": 2},
+    "qwen3_moe": {"add_norm": 2, "moe_block": 1, "moe_experts": 1, "qk_norm": 2, "dense_mlp": 1},
+    "qwen2_moe": {
+        "add_norm": 2,
+        "moe_block": 2,
+        "moe_experts": 2,
+        "attention_qkv": 2,
+        "dense_mlp": 2,
+    },
     "qwen3_next": {"moe_block": 2, "moe_experts": 2, "dense_mlp": 2},
-    "mixtral": {"moe_block": 2, "moe_experts": 2, "attention_qkv": 2},
+    "mixtral": {"add_norm": 2, "moe_block": 2, "moe_experts": 2, "attention_qkv": 2},
     "glm4_moe": {"moe_block": 1, "moe_experts": 1, "dense_mlp": 2},
     "deepseek_v3": {"moe_block": 1, "moe_experts": 1, "dense_mlp": 2},
     "gemma": {"attention_qkv": 2, "dense_mlp": 2},
     "gemma2": {"dense_mlp": 2},
-    "phi3": {"dense_mlp": 2},
+    "phi3": {"add_norm": 2, "dense_mlp": 2},
     "internlm2": {"dense_mlp": 2},
     "gpt_oss": {"moe_block": 2},
 }
@@ -246,8 +252,12 @@ def test_pattern_selection_and_errors():
     model = build("qwen3_moe")
     report = zmlx_rs.patch(model, patterns=["dense_mlp"])
     assert set(report.counts()) == {"dense_mlp"}
-    report = zmlx_rs.patch(model, exclude=["attention_qkv"])
+    zmlx_rs.unpatch(model)
+    report = zmlx_rs.patch(model, exclude=["attention_qkv", "qk_norm", "add_norm"])
     assert report.counts() == {"dense_mlp": 1, "moe_block": 1, "moe_experts": 1}
+    # qk_norm is a pattern of its own: excluding attention_qkv leaves it.
+    zmlx_rs.unpatch(model)
+    assert "qk_norm" in zmlx_rs.patch(model, exclude=["attention_qkv"]).counts()
     with pytest.raises(ZmlxError, match="unknown pattern"):
         zmlx_rs.patch(model, patterns=["nope"])
     with pytest.raises(ZmlxError, match="'patterns'"):
@@ -318,7 +328,11 @@ CUDA_SIZES = {
 @pytest.mark.parametrize("family", ["llama", "qwen3", "qwen3_moe", "mixtral"])
 def test_cuda_every_pattern_keeps_the_logits_bitwise(family):
     """bf16, 4-bit: every pattern, the opt-in ones included, rounds where mlx-lm's ops
-    round, so prefill and one-token decode logits are the unpatched model's bit for bit."""
+    round, so prefill and one-token decode logits are the unpatched model's bit for bit.
+    Except moe_decode: at these sizes (fewer than 8 (token, expert) pairs per decode step)
+    MLX's gather_qmm runs an fp32 qmv whose order its kernels do not repeat (within
+    tolerance: test_moe_qmv.py); where MLX runs its tensor-core kernel they are bitwise
+    (test_kernels_are_mlx_lm_bitwise_where_mlx_uses_tensor_cores)."""
     model = build(family, bits=4, group_size=64, **CUDA_SIZES)
     model.set_dtype(mx.bfloat16)
 
@@ -331,7 +345,7 @@ def test_cuda_every_pattern_keeps_the_logits_bitwise(family):
         return out
 
     want = logits()
-    report = zmlx_rs.patch(model, patterns=patterns.names())
+    report = zmlx_rs.patch(model, patterns=[n for n in patterns.names() if n != "moe_decode"])
     assert {"add_norm", "qmv"} <= set(report.counts()), str(report)
     assert family in ("llama", "mixtral") or "qk_norm" in report.counts()
     for got, ref in zip(logits(), want, strict=True):

@@ -56,7 +56,7 @@ def test_pattern_wraps_fused_qwen3_attention_and_reverts(family):
     model = tiny.build(family)
     tokens = mx.array([[1, 5, 9, 2, 33, 70, 4, 8]])
     want = model(tokens)
-    assert "qk_norm" not in zmlx_rs.patch(model).counts()  # opt-in
+    assert zmlx_rs.patch(model).counts()["qk_norm"] == model.args.num_hidden_layers
     zmlx_rs.unpatch(model)
     # On its own, and ahead of attention_qkv when both are asked for.
     for chosen in (["qk_norm"], ["attention_qkv", "qk_norm"]):
@@ -71,7 +71,7 @@ def test_pattern_wraps_fused_qwen3_attention_and_reverts(family):
     zmlx_rs.unpatch(model)
     assert not any(isinstance(m, patterns.Fused) for _, m in model.named_modules())
     assert mx.array_equal(model(tokens), want).item()
-    # Everything at once, the other opt-in patterns included, and back.
+    # Everything at once, the opt-in patterns included, and back.
     zmlx_rs.patch(model, patterns=patterns.names())
     assert mx.allclose(model(tokens), want, rtol=1e-4, atol=1e-4).item()
     zmlx_rs.unpatch(model)

@@ -128,9 +128,6 @@ class FusedAddNormBlock(Fused):
 class AddNorm(Pattern):
     name = "add_norm"
     description = "residual add + post-attention RMSNorm in one kernel"
-    # Not yet checked bit for bit against MLX on a GPU (the emulation tests hold it to MLX's
-    # arithmetic as read from MLX's source): on when a GPU run has.
-    by_default = False
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         if isinstance(module, Fused):

@@ -47,9 +47,6 @@ class FusedQKNormAttention(FusedQKVAttention):
 class QKNorm(AttentionQKV):
     name = "qk_norm"
     description = "qwen3 attention: q|k|v in one projection, split + q/k head norms in one kernel"
-    # Not yet checked bit for bit against MLX on a GPU (the emulation tests hold it to MLX's
-    # RMSNorm arithmetic as read from MLX's source): on when a GPU run has.
-    by_default = False
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         if isinstance(module, Fused) or not _qk_norm(type(module)):
