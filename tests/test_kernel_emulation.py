@@ -23,8 +23,8 @@ from zmlx_rs import reference as ref
 
 HERE = Path(__file__).resolve().parent / "emulation"
 BUILD = Path(tempfile.gettempdir()) / "zmlx_rs_emulation"
-CTYPES = {"float16": "__half", "float32": "float", "uint32": "uint32_t"}
-NP = {"float16": np.float16, "float32": np.float32, "uint32": np.uint32}
+CTYPES = {"float16": "__half", "float32": "float", "uint32": "uint32_t", "int32": "int32_t"}
+NP = {"float16": np.float16, "float32": np.float32, "uint32": np.uint32, "int32": np.int32}
 
 
 def _cuda_includes() -> list[str] | None:
@@ -436,3 +436,24 @@ def test_qk_rms_norm_is_mlx_arithmetic(rows, hq, hk, d, dv, dtype):
     close(q, rq, dtype)
     close(k, rk, dtype)
     np.testing.assert_array_equal(v, np.array(rv))
+
+
+@pytest.mark.parametrize(
+    ("rows", "hq", "hk", "d", "dv", "traditional", "dtype"),
+    [(2, 4, 2, 128, 128, False, mx.float16), (3, 3, 1, 64, 32, True, mx.float32)],
+    ids=str,
+)
+def test_qkv_rope_is_mlx_rope(rows, hq, hk, d, dv, traditional, dtype):
+    qkv = mx.random.normal((rows, 1, (hq + hk) * d + hk * dv)).astype(dtype)
+    offset = mx.array([0, 17, 3000][:rows], dtype=mx.int32)
+    kw = {"n_heads": hq, "n_kv_heads": hk, "head_dim": d, "base": 1e6, "scale": 0.5}
+    kw["traditional"] = traditional
+    spec = [(list(a.shape), _name(a)) for a in (qkv, offset)]
+    launch = _native.plan_qkv_rope(*spec, hq, hk, d, 1e6, 0.5, traditional)
+    got = run(launch, [qkv, offset])
+    # An fp32 angle at position 3000 carries ~2e-4 of rounding, which the host's and MLX's
+    # CPU cos/sin turn into different last bits: a looser tolerance than close()'s.
+    tol = 2e-2 if dtype == mx.float16 else 1e-3
+    for g, w in zip(got, ref.qkv_rope(qkv, offset, **kw), strict=True):
+        assert g.shape == w.shape and np.isfinite(g).all()
+        np.testing.assert_allclose(g.astype(np.float64), np.array(w), rtol=tol, atol=tol)

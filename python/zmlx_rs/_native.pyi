@@ -44,6 +44,7 @@ __all__ = [
     "plan_glu_packed_backward",
     "plan_moe_gating",
     "plan_qk_rms_norm",
+    "plan_qkv_rope",
     "plan_qmv",
     "settled",
     "specialisation",
@@ -335,4 +336,14 @@ def plan_qk_rms_norm(
     eps: tuple[float, float],
     n_heads: int,
     n_kv_heads: int,
+) -> Launch: ...
+def plan_qkv_rope(
+    qkv: tuple[list[int], str],
+    offset: tuple[list[int], str],
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    base: float,
+    scale: float,
+    traditional: bool,
 ) -> Launch: ...

@@ -26,6 +26,7 @@ __all__ = [
     "geglu_packed",
     "moe_gating",
     "qk_rms_norm",
+    "qkv_rope",
     "qmv",
     "swiglu",
     "swiglu_packed",
@@ -843,3 +844,69 @@ def qk_rms_norm(
         q, k, v = _QK_RMS_NORM([qkv, q_weight, k_weight], launch)
         return q, k, v
     return ref.qk_rms_norm(qkv, q_weight, k_weight, eps, n_heads, n_kv_heads)
+
+
+_QKV_ROPE = _Kernel(_native.plan_qkv_rope)
+# The last int offset as an int32 array: a decode step's layers all ask for the same one.
+_OFFSET: list = [None, None]
+
+
+def _offset_array(op: str, offset: int | mx.array) -> mx.array:
+    if isinstance(offset, mx.array):
+        return offset
+    _require_ints(op, offset=offset)
+    if _OFFSET[0] != offset:
+        _OFFSET[:] = [offset, mx.array(offset, dtype=mx.int32)]
+    return _OFFSET[1]
+
+
+def qkv_rope(
+    qkv: mx.array,
+    offset: int | mx.array,
+    *,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    base: float,
+    scale: float = 1.0,
+    traditional: bool = False,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """llama/mistral attention's front at one decode token, in one node: from a q|k|v
+    projection (B, 1, (n_heads + n_kv_heads) * head_dim + n_kv_heads * DV), q (B, n_heads, 1,
+    head_dim) and k (B, n_kv_heads, 1, head_dim) rotated as ``mx.fast.rope(x, head_dim,
+    traditional=traditional, base=base, scale=scale, offset=offset)`` does, and v (B,
+    n_kv_heads, 1, DV). ``offset``: an int, or an int32 array () or (B,) (one position per
+    row). On MLX-CUDA one kernel with MLX's rope arithmetic; elsewhere split, reshapes,
+    transposes and ``mx.fast.rope``. Inference only (no vjp).
+    """
+    op = "qkv_rope"
+    off = _offset_array(op, offset)
+    try:
+        key: tuple = (qkv.shape, qkv.dtype, off.shape, off.dtype, n_heads, n_kv_heads)
+        key += (head_dim, base, scale, traditional)
+        launch = _QKV_ROPE._launches.get(key)
+    except (AttributeError, TypeError):
+        key, launch = (), None
+    if launch is None:
+        _require_ints(op, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim)
+        for arg, v in (("base", base), ("scale", scale)):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise _native.ZmlxError(f"{op}(): '{arg}' must be a number, got {v!r}")
+        if not isinstance(traditional, bool):
+            raise _native.ZmlxError(f"{op}(): 'traditional' must be a bool, got {traditional!r}")
+        arrays = {"qkv": qkv, "offset": off}
+        scalars = (n_heads, n_kv_heads, head_dim, float(base), float(scale), traditional)
+        launch = _QKV_ROPE.launch_for(key, op, arrays, *scalars)
+    if _backend.on_cuda():
+        q, k, v = _QKV_ROPE([qkv, off], launch)
+        return q, k, v
+    return ref.qkv_rope(
+        qkv,
+        off,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        base=base,
+        scale=scale,
+        traditional=traditional,
+    )

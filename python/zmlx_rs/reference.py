@@ -21,6 +21,7 @@ __all__ = [
     "moe_gating",
     "moe_scores_for",
     "qk_rms_norm",
+    "qkv_rope",
     "qmv",
     "swiglu",
     "swiglu_packed",
@@ -250,3 +251,29 @@ def qk_rms_norm(
     q = mx.fast.rms_norm(q.reshape(*lead, n_heads, d), q_weight, eps[0])
     k = mx.fast.rms_norm(k.reshape(*lead, n_kv_heads, d), k_weight, eps[1])
     return q, k, v.reshape(*lead, n_kv_heads, -1)
+
+
+def qkv_rope(
+    qkv: mx.array,
+    offset: int | mx.array,
+    *,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    base: float,
+    scale: float = 1.0,
+    traditional: bool = False,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """llama attention's front: split q|k|v, heads, transposes, RoPE on q and k."""
+    B, L, _ = qkv.shape
+    q, k, v = mx.split(qkv, [n_heads * head_dim, (n_heads + n_kv_heads) * head_dim], axis=-1)
+    q = q.reshape(B, L, n_heads, -1).transpose(0, 2, 1, 3)
+    k = k.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)
+    v = v.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)
+
+    def rope(a: mx.array) -> mx.array:
+        return mx.fast.rope(
+            a, head_dim, traditional=traditional, base=base, scale=scale, offset=offset
+        )
+
+    return rope(q), rope(k), v

@@ -10,6 +10,7 @@ pub mod glu;
 pub mod moe_gating;
 pub mod moe_qmv;
 pub mod qk_rms_norm;
+pub mod qkv_rope;
 pub mod qmv;
 pub mod render;
 pub mod shake;
@@ -277,6 +278,7 @@ pub fn catalog() -> Vec<&'static KernelSource> {
         &qmv::QMV,
         &add_rms_norm::ADD_RMS_NORM,
         &qk_rms_norm::QK_RMS_NORM,
+        &qkv_rope::QKV_ROPE,
     ]
 }
 

@@ -162,7 +162,9 @@ pub fn cuda_type(dtype: DType) -> Result<&'static str> {
 /// warming: each kernel in every dtype × activation / gating mode, at the sizes real models
 /// use (Qwen3-30B-A3B: E=128, K=8, expert FFN 768, hidden 2048; Mixtral: E=8, K=2) and odd ones.
 pub fn specialisations() -> Vec<Specialisation> {
-    use super::{add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qk_rms_norm, qmv};
+    use super::{
+        add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qk_rms_norm, qkv_rope, qmv,
+    };
     const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
     let mut out = Vec::new();
     let mut add = |launch: Result<Launch>, inputs: Vec<DType>| {
@@ -336,6 +338,31 @@ pub fn specialisations() -> Vec<Specialisation> {
                     hk as i64,
                 ),
                 vec![dt, dt, dt],
+            );
+        }
+        // Mistral-7B at decode (one offset), and a small traditional one per row.
+        for (hq, hk, d, dv, b, traditional) in [
+            (32usize, 8usize, 128usize, 128usize, 1usize, false),
+            (3, 1, 64, 32, 2, true),
+        ] {
+            let qkv = [b, 1, (hq + hk) * d + hk * dv];
+            let offset: &[usize] = if b > 1 { &[2] } else { &[] };
+            add(
+                qkv_rope::plan(
+                    (&qkv, dt),
+                    (offset, DType::I32),
+                    qkv_rope::Heads {
+                        n_heads: hq as i64,
+                        n_kv_heads: hk as i64,
+                        head_dim: d as i64,
+                    },
+                    qkv_rope::Rope {
+                        base: 1e6,
+                        scale: 1.0,
+                        traditional,
+                    },
+                ),
+                vec![dt, DType::I32],
             );
         }
     }

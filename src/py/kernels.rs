@@ -1,7 +1,7 @@
 use crate::error::Error;
 use crate::kernels::{
-    self, add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qk_rms_norm, qmv, DType,
-    Launch as CoreLaunch, TemplateArg,
+    self, add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qk_rms_norm, qkv_rope, qmv,
+    DType, Launch as CoreLaunch, TemplateArg,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyString, PyTuple};
@@ -356,6 +356,36 @@ fn plan_qk_rms_norm(
     ))
 }
 
+/// Arrays arrive as `(shape, dtype name)` pairs.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn plan_qkv_rope(
+    qkv: ShapeDtype,
+    offset: ShapeDtype,
+    n_heads: i64,
+    n_kv_heads: i64,
+    head_dim: i64,
+    base: f64,
+    scale: f64,
+    traditional: bool,
+) -> PyResult<Launch> {
+    const OP: &str = "qkv_rope";
+    launch(qkv_rope::plan(
+        spec(OP, "qkv", &qkv)?,
+        spec(OP, "offset", &offset)?,
+        qkv_rope::Heads {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        },
+        qkv_rope::Rope {
+            base,
+            scale,
+            traditional,
+        },
+    ))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KernelSpec>()?;
     m.add_class::<Launch>()?;
@@ -374,5 +404,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_qmv, m)?)?;
     m.add_function(wrap_pyfunction!(plan_add_rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(plan_qk_rms_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_qkv_rope, m)?)?;
     Ok(())
 }

@@ -1,0 +1,217 @@
+//! RoPE of q and k straight from a fused q|k|v projection at one decode token (llama, mistral
+//! and qwen2 attention): mlx-lm splits the projection, reshapes q, k and v into heads,
+//! transposes them and runs two `mx.fast.rope` nodes (two kernel nodes and nine views); this
+//! is one node with three outputs and MLX-CUDA's rope arithmetic (see the kernel).
+
+use super::{numel, require_float, DType, KernelSource, Launch, TemplateArg};
+use crate::error::{shape_str, Error, Result};
+
+pub static QKV_ROPE: KernelSource = KernelSource {
+    name: "zmlx_qkv_rope",
+    inputs: &["qkv", "offset"],
+    outputs: &["q_out", "k_out", "v_out"],
+    helpers: &[],
+    body: include_str!("cuda/qkv_rope.cu"),
+};
+
+const OP: &str = "qkv_rope";
+
+/// Head counts and sizes of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub n_heads: i64,
+    pub n_kv_heads: i64,
+    pub head_dim: i64,
+}
+
+/// How nn.RoPE rotates: `mx.fast.rope(x, head_dim, traditional, base, scale, offset)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rope {
+    pub base: f64,
+    pub scale: f64,
+    pub traditional: bool,
+}
+
+/// qkv (B, 1, (n_heads + n_kv_heads) * D + n_kv_heads * DV) in a float dtype, offset int32 ()
+/// or (B,) → q (B, n_heads, 1, D), k (B, n_kv_heads, 1, D), v (B, n_kv_heads, 1, DV).
+pub fn plan(
+    qkv: (&[usize], DType),
+    offset: (&[usize], DType),
+    heads: Heads,
+    rope: Rope,
+) -> Result<Launch> {
+    let (shape, dtype) = qkv;
+    require_float(OP, "qkv", dtype)?;
+    for (arg, n) in [("n_heads", heads.n_heads), ("n_kv_heads", heads.n_kv_heads)] {
+        if n < 1 {
+            return Err(Error::value(OP, arg, ">= 1", n));
+        }
+    }
+    if heads.head_dim < 2 || heads.head_dim % 2 != 0 {
+        return Err(Error::value(
+            OP,
+            "head_dim",
+            "an even number >= 2",
+            heads.head_dim,
+        ));
+    }
+    let (hq, hk, d) = (
+        heads.n_heads as usize,
+        heads.n_kv_heads as usize,
+        heads.head_dim as usize,
+    );
+    let [b, 1, width] = *shape else {
+        return Err(Error::shape(
+            OP,
+            "qkv",
+            "(B, 1, width): one decode token per row",
+            shape_str(shape),
+        ));
+    };
+    let qk = (hq + hk) * d;
+    if width <= qk || (width - qk) % hk != 0 {
+        return Err(Error::shape(
+            OP,
+            "qkv",
+            format!("(B, 1, {qk} + {hk} * DV): {hq} query and {hk} key heads of {d}, then values"),
+            shape_str(shape),
+        ));
+    }
+    let dv = (width - qk) / hk;
+    let warps = b * (hq + 2 * hk);
+    if b == 0 || warps * 32 > u32::MAX as usize || numel(shape) > i32::MAX as usize {
+        return Err(Error::shape(
+            OP,
+            "qkv",
+            "between 1 row and 2**31 values",
+            shape_str(shape),
+        ));
+    }
+    let (o_shape, o_dtype) = offset;
+    if o_dtype != DType::I32 {
+        return Err(Error::dtype(OP, "offset", DType::I32, o_dtype));
+    }
+    let per_row = match o_shape {
+        [] | [1] => false,
+        [n] if *n == b => true,
+        _ => {
+            return Err(Error::shape(
+                OP,
+                "offset",
+                format!("() or ({b},): one position, or one per row"),
+                shape_str(o_shape),
+            ))
+        }
+    };
+    if !(rope.base.is_finite() && rope.base > 0.0) {
+        return Err(Error::value(OP, "base", "a finite number > 0", rope.base));
+    }
+    if !rope.scale.is_finite() {
+        return Err(Error::value(OP, "scale", "a finite number", rope.scale));
+    }
+    // As MLX: base and scale are floats, and the kernel gets log2(base) computed in float.
+    let log2_base = (rope.base as f32).log2();
+    // Warps per block: the most (up to 4) that divide the launch's warps exactly.
+    let per_block = [4, 2, 1].into_iter().find(|w| warps % w == 0).unwrap_or(1);
+    Ok(Launch {
+        kernel: &QKV_ROPE,
+        template: vec![
+            ("T", TemplateArg::DType(dtype)),
+            ("HQ", TemplateArg::Int(hq as i32)),
+            ("HK", TemplateArg::Int(hk as i32)),
+            ("D", TemplateArg::Int(d as i32)),
+            ("DV", TemplateArg::Int(dv as i32)),
+            ("TRAD", TemplateArg::Bool(rope.traditional)),
+            ("PER_ROW", TemplateArg::Bool(per_row)),
+            ("BASE_BITS", TemplateArg::Int(log2_base.to_bits() as i32)),
+            (
+                "SCALE_BITS",
+                TemplateArg::Int((rope.scale as f32).to_bits() as i32),
+            ),
+        ],
+        grid: [(warps * 32) as u32, 1, 1],
+        threadgroup: [(per_block * 32) as u32, 1, 1],
+        output_shapes: vec![vec![b, hq, 1, d], vec![b, hk, 1, d], vec![b, hk, 1, dv]],
+        output_dtypes: vec![dtype; 3],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROPE: Rope = Rope {
+        base: 1e6,
+        scale: 1.0,
+        traditional: false,
+    };
+
+    fn heads(n_heads: i64, n_kv_heads: i64, head_dim: i64) -> Heads {
+        Heads {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        }
+    }
+
+    #[test]
+    fn one_warp_per_head_and_the_heads_shapes() {
+        // Mistral-7B: 32 query heads, 8 key/value heads of 128.
+        let qkv = [1usize, 1, 48 * 128];
+        let l = plan(
+            (&qkv, DType::BF16),
+            (&[], DType::I32),
+            heads(32, 8, 128),
+            ROPE,
+        )
+        .unwrap();
+        assert_eq!(l.grid, [48 * 32, 1, 1]);
+        assert_eq!(l.threadgroup, [128, 1, 1]);
+        assert_eq!(
+            l.output_shapes,
+            vec![vec![1, 32, 1, 128], vec![1, 8, 1, 128], vec![1, 8, 1, 128]]
+        );
+        let t = |name: &str| l.template.iter().find(|(n, _)| *n == name).unwrap().1;
+        assert_eq!(t("PER_ROW"), TemplateArg::Bool(false));
+        assert_eq!(
+            t("BASE_BITS"),
+            TemplateArg::Int(1e6f32.log2().to_bits() as i32)
+        );
+        // 3 rows of 3 + 2 * 1 heads, values of 32, one offset per row.
+        let l = plan(
+            (&[3, 1, 4 * 64 + 32], DType::F32),
+            (&[3], DType::I32),
+            heads(3, 1, 64),
+            ROPE,
+        )
+        .unwrap();
+        assert_eq!((l.grid[0], l.threadgroup[0]), (15 * 32, 32));
+        assert_eq!(l.output_shapes[2], vec![3, 1, 1, 32]);
+        assert!(l.template.contains(&("PER_ROW", TemplateArg::Bool(true))));
+    }
+
+    #[test]
+    fn bad_arguments_name_themselves() {
+        let f = DType::F32;
+        let err = |r: Result<Launch>| r.unwrap_err().to_string();
+        let qkv = [2usize, 1, 5 * 64 + 2 * 64];
+        let call =
+            |q: &[usize], o: &[usize], ot: DType, h: Heads, r: Rope| plan((q, f), (o, ot), h, r);
+        let h = heads(3, 2, 64);
+        assert!(err(call(&[2, 4, 448], &[], DType::I32, h, ROPE)).contains("'qkv'"));
+        assert!(err(call(&[2, 1, 449], &[], DType::I32, h, ROPE)).contains("'qkv'"));
+        assert!(err(call(&qkv, &[3], DType::I32, h, ROPE)).contains("'offset'"));
+        assert!(err(call(&qkv, &[], DType::F32, h, ROPE)).contains("'offset'"));
+        assert!(err(call(&qkv, &[], DType::I32, heads(3, 2, 63), ROPE)).contains("'head_dim'"));
+        assert!(err(call(&qkv, &[], DType::I32, heads(0, 2, 64), ROPE)).contains("'n_heads'"));
+        let bad = Rope { base: 0.0, ..ROPE };
+        assert!(err(call(&qkv, &[], DType::I32, h, bad)).contains("'base'"));
+        let bad = Rope {
+            scale: f64::NAN,
+            ..ROPE
+        };
+        assert!(err(call(&qkv, &[], DType::I32, h, bad)).contains("'scale'"));
+        let ints = plan((&qkv, DType::I32), (&[], DType::I32), h, ROPE);
+        assert!(err(ints).contains("'qkv'"));
+    }
+}
