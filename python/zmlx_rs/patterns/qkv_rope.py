@@ -69,8 +69,6 @@ class FusedRopeAttention(FusedQKVAttention):
 class QKVRope(AttentionQKV):
     name = "qkv_rope"
     description = "llama attention: q|k|v in one projection, split + heads + RoPE in one kernel"
-    # Not yet checked bit for bit against MLX's rope on a GPU: on when a GPU run has.
-    by_default = False
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         if isinstance(module, Fused) or _qk_norm(type(module)) is not False:
