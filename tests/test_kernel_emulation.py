@@ -457,3 +457,24 @@ def test_qkv_rope_is_mlx_rope(rows, hq, hk, d, dv, traditional, dtype):
     for g, w in zip(got, ref.qkv_rope(qkv, offset, **kw), strict=True):
         assert g.shape == w.shape and np.isfinite(g).all()
         np.testing.assert_allclose(g.astype(np.float64), np.array(w), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    ("rows", "hq", "hk", "d", "dv", "traditional", "dtype"),
+    [(2, 4, 2, 128, 128, False, mx.float16), (3, 3, 1, 64, 32, True, mx.float32)],
+    ids=str,
+)
+def test_qk_norm_rope_is_mlx_norms_then_rope(rows, hq, hk, d, dv, traditional, dtype):
+    qkv = mx.random.normal((rows, 1, (hq + hk) * d + hk * dv)).astype(dtype)
+    qw, kw = (mx.random.uniform(0.5, 1.5, (d,)).astype(dtype) for _ in range(2))
+    offset = mx.array([0, 17, 3000][:rows], dtype=mx.int32)
+    spec = [(list(a.shape), _name(a)) for a in (qkv, qw, kw, offset)]
+    launch = _native.plan_qk_norm_rope(*spec, (1e-6, 1e-5), hq, hk, d, 1e6, 0.5, traditional)
+    got = run(launch, [qkv, qw, kw, offset])
+    rope = {"n_heads": hq, "n_kv_heads": hk, "base": 1e6, "scale": 0.5}
+    want = ref.qk_norm_rope(qkv, qw, kw, (1e-6, 1e-5), offset, **rope, traditional=traditional)
+    # As test_qkv_rope_is_mlx_rope: fp32 angles at position 3000 differ in their last bits.
+    tol = 2e-2 if dtype == mx.float16 else 1e-3
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and np.isfinite(g).all()
+        np.testing.assert_allclose(g.astype(np.float64), np.array(w), rtol=tol, atol=tol)

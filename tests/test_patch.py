@@ -269,6 +269,7 @@ def test_pattern_selection_and_errors():
         "moe_decode",
         "moe_block",
         "moe_experts",
+        "qk_norm_rope",
         "qk_norm",
         "qkv_rope",
         "attention_qkv",
@@ -348,7 +349,8 @@ def test_cuda_every_pattern_keeps_the_logits_bitwise(family):
     want = logits()
     report = zmlx_rs.patch(model, patterns=[n for n in patterns.names() if n != "moe_decode"])
     assert {"add_norm", "qmv"} <= set(report.counts()), str(report)
-    assert family in ("llama", "mixtral") or "qk_norm" in report.counts()
+    assert family in ("llama", "mixtral") or "qk_norm_rope" in report.counts()
+    assert family in ("qwen3", "qwen3_moe") or "qkv_rope" in report.counts()
     for got, ref in zip(logits(), want, strict=True):
         assert mx.array_equal(got, ref).item()
 
@@ -414,6 +416,7 @@ def test_a_specialised_moe_block_can_take_the_patterns_place():
             "moe_decode",
             "moe_block",
             "moe_experts",
+            "qk_norm_rope",
             "qk_norm",
             "qkv_rope",
             "attention_qkv",

@@ -8,10 +8,13 @@ import pytest
 import tiny
 import zmlx_rs
 from helpers import poison
+from mlx_lm.generate import generate_step
+from mlx_lm.models.cache import make_prompt_cache
 from zmlx_rs import _native, kernels, patterns
 from zmlx_rs import reference as ref
 from zmlx_rs.patterns.attention_qkv import FusedQKVAttention
 from zmlx_rs.patterns.qk_norm import FusedQKNormAttention
+from zmlx_rs.patterns.qk_norm_rope import FusedQKNormRopeAttention
 
 # (query heads, key heads, head dim, value head dim): Qwen3-30B-A3B, Qwen3-0.6B-ish, small.
 LAYOUTS = [(32, 4, 128, 128), (16, 8, 128, 128), (3, 1, 64, 32), (2, 2, 256, 256)]
@@ -82,3 +85,72 @@ def test_pattern_leaves_llama_attention_alone():
     model = tiny.build("llama")
     report = zmlx_rs.patch(model, patterns=["attention_qkv", "qk_norm"])
     assert "qk_norm" not in report.counts() and report.counts()["attention_qkv"] > 0
+
+
+# (base, scale, traditional) for qk_norm_rope.
+ROPES = [(1e6, 1.0, False), (10000, 0.5, True)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [mx.float32, mx.float16, mx.bfloat16], ids=str)
+@pytest.mark.parametrize(("hq", "hk", "d", "dv"), LAYOUTS, ids=str)
+@pytest.mark.parametrize(("base", "scale", "traditional"), ROPES, ids=str)
+@pytest.mark.parametrize("offset", [0, 9, 131071])
+def test_norm_rope_is_mlx_split_norms_and_rope_bit_for_bit(
+    offset, base, scale, traditional, hq, hk, d, dv, dtype
+):
+    if dtype == mx.float32 and d > 128:
+        pytest.skip("float32 heads stop at 128")
+    qkv = mx.random.normal((2, 1, (hq + hk) * d + hk * dv)).astype(dtype) * 2
+    qw, kw = (mx.random.uniform(0.5, 1.5, (d,)).astype(dtype) for _ in range(2))
+    rope = {"n_heads": hq, "n_kv_heads": hk, "base": base, "scale": scale}
+    rope["traditional"] = traditional
+    want = ref.qk_norm_rope(qkv, qw, kw, (1e-6, 1e-5), offset, **rope)
+    mx.eval(want)
+    poison(*[(a.shape, dtype) for a in want])
+    got = kernels.qk_norm_rope(qkv, qw, kw, (1e-6, 1e-5), offset, **rope)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == dtype
+        assert mx.array_equal(g, w).item()
+
+
+def test_norm_rope_reference_and_errors():
+    qkv = mx.random.normal((2, 1, 5 * 64 + 2 * 32))
+    w = mx.random.uniform(0.5, 1.5, (64,))
+    rope = {"n_heads": 3, "n_kv_heads": 2, "base": 1e6}
+    q, k, v = kernels.qk_norm_rope(qkv, w, w, (1e-6, 1e-6), 4, **rope)
+    nq, _, nv = ref.qk_rms_norm(qkv, w, w, (1e-6, 1e-6), 3, 2)
+    want_q = mx.fast.rope(
+        nq.transpose(0, 2, 1, 3), 64, traditional=False, base=1e6, scale=1.0, offset=4
+    )
+    assert mx.allclose(q, want_q, rtol=1e-5, atol=1e-5).item()
+    assert k.shape == (2, 2, 1, 64) and mx.array_equal(v, nv.transpose(0, 2, 1, 3)).item()
+    with pytest.raises(_native.ShapeError, match="'qkv'"):
+        kernels.qk_norm_rope(mx.concatenate([qkv, qkv], 1), w, w, (1e-6, 1e-6), 0, **rope)
+    with pytest.raises(_native.ShapeError, match="'q_weight'"):
+        odd = mx.ones((36,))
+        kernels.qk_norm_rope(mx.zeros((1, 1, 5 * 36 + 72)), odd, odd, (1e-6, 1e-6), 0, **rope)
+    with pytest.raises(_native.DTypeError, match="'offset'"):
+        kernels.qk_norm_rope(qkv, w, w, (1e-6, 1e-6), mx.array(1.0), **rope)
+    with pytest.raises(_native.ZmlxError, match="'eps'"):
+        kernels.qk_norm_rope(qkv, w, w, 1e-6, 0, **rope)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+def test_norm_rope_pattern_decodes_the_same_and_reverts(family):
+    model = tiny.build(family)
+    prompt = mx.array([(3 * i + 2) % 96 for i in range(10)])
+
+    def greedy() -> list[int]:
+        steps = generate_step(prompt, model, max_tokens=10, prompt_cache=make_prompt_cache(model))
+        return [int(t) for t, _ in steps]
+
+    want, want_logits = greedy(), model(prompt[None])
+    assert "qk_norm_rope" not in zmlx_rs.patch(model).counts()  # opt-in
+    zmlx_rs.unpatch(model)
+    report = zmlx_rs.patch(model, patterns=["qk_norm", "qk_norm_rope"])
+    assert report.counts() == {"qk_norm_rope": model.args.num_hidden_layers}
+    assert isinstance(model.model.layers[0].self_attn, FusedQKNormRopeAttention)
+    assert greedy() == want
+    zmlx_rs.unpatch(model)
+    assert mx.array_equal(model(prompt[None]), want_logits).item()

@@ -43,6 +43,7 @@ __all__ = [
     "plan_glu_packed",
     "plan_glu_packed_backward",
     "plan_moe_gating",
+    "plan_qk_norm_rope",
     "plan_qk_rms_norm",
     "plan_qkv_rope",
     "plan_qmv",
@@ -336,6 +337,19 @@ def plan_qk_rms_norm(
     eps: tuple[float, float],
     n_heads: int,
     n_kv_heads: int,
+) -> Launch: ...
+def plan_qk_norm_rope(
+    qkv: tuple[list[int], str],
+    q_weight: tuple[list[int], str],
+    k_weight: tuple[list[int], str],
+    offset: tuple[list[int], str],
+    eps: tuple[float, float],
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    base: float,
+    scale: float,
+    traditional: bool,
 ) -> Launch: ...
 def plan_qkv_rope(
     qkv: tuple[list[int], str],

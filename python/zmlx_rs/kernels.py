@@ -25,6 +25,7 @@ __all__ = [
     "geglu",
     "geglu_packed",
     "moe_gating",
+    "qk_norm_rope",
     "qk_rms_norm",
     "qkv_rope",
     "qmv",
@@ -906,6 +907,68 @@ def qkv_rope(
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         head_dim=head_dim,
+        base=base,
+        scale=scale,
+        traditional=traditional,
+    )
+
+
+_QK_NORM_ROPE = _Kernel(_native.plan_qk_norm_rope)
+
+
+def qk_norm_rope(
+    qkv: mx.array,
+    q_weight: mx.array,
+    k_weight: mx.array,
+    eps: tuple[float, float],
+    offset: int | mx.array,
+    *,
+    n_heads: int,
+    n_kv_heads: int,
+    base: float,
+    scale: float = 1.0,
+    traditional: bool = False,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """qwen3 attention's front at one decode token, in one node: ``qk_rms_norm`` (q and k
+    RMS-normalised per head with their weights (D,) and eps (q's, k's)), then q and k
+    rotated as ``mx.fast.rope(x, D, traditional=traditional, base=base, scale=scale,
+    offset=offset)`` does; qkv (B, 1, (n_heads + n_kv_heads) * D + n_kv_heads * DV) ->
+    q (B, n_heads, 1, D), k (B, n_kv_heads, 1, D), v (B, n_kv_heads, 1, DV). On MLX-CUDA one
+    kernel with MLX's RMSNorm and rope arithmetic; elsewhere the MLX ops. Inference only.
+    """
+    op = "qk_norm_rope"
+    off = _offset_array(op, offset)
+    try:
+        key: tuple = (qkv.shape, qkv.dtype, q_weight.shape, q_weight.dtype, k_weight.shape)
+        key += (k_weight.dtype, off.shape, off.dtype, eps, n_heads, n_kv_heads)
+        key += (base, scale, traditional)
+        launch = _QK_NORM_ROPE._launches.get(key)
+    except (AttributeError, TypeError):
+        key, launch = (), None
+    if launch is None:
+        if not (isinstance(eps, tuple) and len(eps) == 2):
+            raise _native.ZmlxError(f"{op}(): 'eps' must be a (q, k) pair of numbers, got {eps!r}")
+        _require_ints(op, n_heads=n_heads, n_kv_heads=n_kv_heads)
+        for arg, v in (("base", base), ("scale", scale)):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise _native.ZmlxError(f"{op}(): '{arg}' must be a number, got {v!r}")
+        if not isinstance(traditional, bool):
+            raise _native.ZmlxError(f"{op}(): 'traditional' must be a bool, got {traditional!r}")
+        arrays = {"qkv": qkv, "q_weight": q_weight, "k_weight": k_weight, "offset": off}
+        head_dim = q_weight.shape[0] if q_weight.ndim == 1 else -1
+        scalars = (eps, n_heads, n_kv_heads, head_dim, float(base), float(scale), traditional)
+        launch = _QK_NORM_ROPE.launch_for(key, op, arrays, *scalars)
+    if _backend.on_cuda():
+        q, k, v = _QK_NORM_ROPE([qkv, q_weight, k_weight, off], launch)
+        return q, k, v
+    return ref.qk_norm_rope(
+        qkv,
+        q_weight,
+        k_weight,
+        eps,
+        off,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
         base=base,
         scale=scale,
         traditional=traditional,

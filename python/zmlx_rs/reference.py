@@ -20,6 +20,7 @@ __all__ = [
     "geglu_packed",
     "moe_gating",
     "moe_scores_for",
+    "qk_norm_rope",
     "qk_rms_norm",
     "qkv_rope",
     "qmv",
@@ -277,3 +278,27 @@ def qkv_rope(
         )
 
     return rope(q), rope(k), v
+
+
+def qk_norm_rope(
+    qkv: mx.array,
+    q_weight: mx.array,
+    k_weight: mx.array,
+    eps: tuple[float, float],
+    offset: int | mx.array,
+    *,
+    n_heads: int,
+    n_kv_heads: int,
+    base: float,
+    scale: float = 1.0,
+    traditional: bool = False,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """qwen3 attention's front: split q|k|v, heads, q_norm, k_norm, transposes, RoPE."""
+    d = q_weight.shape[0]
+    q, k, v = qk_rms_norm(qkv, q_weight, k_weight, eps, n_heads, n_kv_heads)
+
+    def rope(a: mx.array) -> mx.array:
+        a = a.transpose(0, 2, 1, 3)
+        return mx.fast.rope(a, d, traditional=traditional, base=base, scale=scale, offset=offset)
+
+    return rope(q), rope(k), v.transpose(0, 2, 1, 3)

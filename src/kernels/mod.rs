@@ -9,6 +9,7 @@ pub mod gather_add;
 pub mod glu;
 pub mod moe_gating;
 pub mod moe_qmv;
+pub mod qk_norm_rope;
 pub mod qk_rms_norm;
 pub mod qkv_rope;
 pub mod qmv;
@@ -279,6 +280,7 @@ pub fn catalog() -> Vec<&'static KernelSource> {
         &add_rms_norm::ADD_RMS_NORM,
         &qk_rms_norm::QK_RMS_NORM,
         &qkv_rope::QKV_ROPE,
+        &qk_norm_rope::QK_NORM_ROPE,
     ]
 }
 

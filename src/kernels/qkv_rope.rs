@@ -32,6 +32,50 @@ pub struct Rope {
     pub traditional: bool,
 }
 
+/// Whether `offset` (int32, () or (B,)) gives one position per row of `b`.
+pub(super) fn offset_per_row(
+    op: &'static str,
+    (shape, dtype): (&[usize], DType),
+    b: usize,
+) -> Result<bool> {
+    if dtype != DType::I32 {
+        return Err(Error::dtype(op, "offset", DType::I32, dtype));
+    }
+    match shape {
+        [] | [1] => Ok(false),
+        [n] if *n == b => Ok(true),
+        _ => Err(Error::shape(
+            op,
+            "offset",
+            format!("() or ({b},): one position, or one per row"),
+            shape_str(shape),
+        )),
+    }
+}
+
+/// The rope kernels' TRAD, BASE_BITS (log2(base) in float, as MLX computes it from its float
+/// base) and SCALE_BITS template arguments.
+pub(super) fn rope_template(
+    op: &'static str,
+    rope: Rope,
+) -> Result<[(&'static str, TemplateArg); 3]> {
+    if !(rope.base.is_finite() && rope.base > 0.0) {
+        return Err(Error::value(op, "base", "a finite number > 0", rope.base));
+    }
+    if !rope.scale.is_finite() {
+        return Err(Error::value(op, "scale", "a finite number", rope.scale));
+    }
+    let log2_base = (rope.base as f32).log2();
+    Ok([
+        ("TRAD", TemplateArg::Bool(rope.traditional)),
+        ("BASE_BITS", TemplateArg::Int(log2_base.to_bits() as i32)),
+        (
+            "SCALE_BITS",
+            TemplateArg::Int((rope.scale as f32).to_bits() as i32),
+        ),
+    ])
+}
+
 /// qkv (B, 1, (n_heads + n_kv_heads) * D + n_kv_heads * DV) in a float dtype, offset int32 ()
 /// or (B,) → q (B, n_heads, 1, D), k (B, n_kv_heads, 1, D), v (B, n_kv_heads, 1, DV).
 pub fn plan(
@@ -87,30 +131,8 @@ pub fn plan(
             shape_str(shape),
         ));
     }
-    let (o_shape, o_dtype) = offset;
-    if o_dtype != DType::I32 {
-        return Err(Error::dtype(OP, "offset", DType::I32, o_dtype));
-    }
-    let per_row = match o_shape {
-        [] | [1] => false,
-        [n] if *n == b => true,
-        _ => {
-            return Err(Error::shape(
-                OP,
-                "offset",
-                format!("() or ({b},): one position, or one per row"),
-                shape_str(o_shape),
-            ))
-        }
-    };
-    if !(rope.base.is_finite() && rope.base > 0.0) {
-        return Err(Error::value(OP, "base", "a finite number > 0", rope.base));
-    }
-    if !rope.scale.is_finite() {
-        return Err(Error::value(OP, "scale", "a finite number", rope.scale));
-    }
-    // As MLX: base and scale are floats, and the kernel gets log2(base) computed in float.
-    let log2_base = (rope.base as f32).log2();
+    let per_row = offset_per_row(OP, offset, b)?;
+    let rope_args = rope_template(OP, rope)?;
     // Warps per block: the most (up to 4) that divide the launch's warps exactly.
     let per_block = [4, 2, 1].into_iter().find(|w| warps % w == 0).unwrap_or(1);
     Ok(Launch {
@@ -121,14 +143,11 @@ pub fn plan(
             ("HK", TemplateArg::Int(hk as i32)),
             ("D", TemplateArg::Int(d as i32)),
             ("DV", TemplateArg::Int(dv as i32)),
-            ("TRAD", TemplateArg::Bool(rope.traditional)),
             ("PER_ROW", TemplateArg::Bool(per_row)),
-            ("BASE_BITS", TemplateArg::Int(log2_base.to_bits() as i32)),
-            (
-                "SCALE_BITS",
-                TemplateArg::Int((rope.scale as f32).to_bits() as i32),
-            ),
-        ],
+        ]
+        .into_iter()
+        .chain(rope_args)
+        .collect(),
         grid: [(warps * 32) as u32, 1, 1],
         threadgroup: [(per_block * 32) as u32, 1, 1],
         output_shapes: vec![vec![b, hq, 1, d], vec![b, hk, 1, d], vec![b, hk, 1, dv]],

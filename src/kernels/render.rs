@@ -163,7 +163,8 @@ pub fn cuda_type(dtype: DType) -> Result<&'static str> {
 /// use (Qwen3-30B-A3B: E=128, K=8, expert FFN 768, hidden 2048; Mixtral: E=8, K=2) and odd ones.
 pub fn specialisations() -> Vec<Specialisation> {
     use super::{
-        add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qk_rms_norm, qkv_rope, qmv,
+        add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qk_norm_rope, qk_rms_norm,
+        qkv_rope, qmv,
     };
     const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
     let mut out = Vec::new();
@@ -364,6 +365,31 @@ pub fn specialisations() -> Vec<Specialisation> {
                 ),
                 vec![dt, DType::I32],
             );
+            // qwen3's front on the same heads (Qwen3-30B-A3B: 32 + 4 heads of 128).
+            let hq = if b > 1 { hq } else { 32 };
+            let hk = if b > 1 { hk } else { 4 };
+            if d % (2 * super::vector_width(dt)) == 0 {
+                add(
+                    qk_norm_rope::plan(
+                        (&[b, 1, (hq + hk) * d + hk * dv], dt),
+                        (&[d], dt),
+                        (&[d], dt),
+                        (offset, DType::I32),
+                        (1e-6, 1e-6),
+                        qkv_rope::Heads {
+                            n_heads: hq as i64,
+                            n_kv_heads: hk as i64,
+                            head_dim: d as i64,
+                        },
+                        qkv_rope::Rope {
+                            base: 1e6,
+                            scale: 1.0,
+                            traditional,
+                        },
+                    ),
+                    vec![dt, dt, dt, DType::I32],
+                );
+            }
         }
     }
     // Some loops meet the same specialisation twice (scores dtype == y dtype).

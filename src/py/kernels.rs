@@ -1,7 +1,7 @@
 use crate::error::Error;
 use crate::kernels::{
-    self, add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qk_rms_norm, qkv_rope, qmv,
-    DType, Launch as CoreLaunch, TemplateArg,
+    self, add_rms_norm, dropout, gather_add, glu, moe_gating, moe_qmv, qk_norm_rope, qk_rms_norm,
+    qkv_rope, qmv, DType, Launch as CoreLaunch, TemplateArg,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyString, PyTuple};
@@ -386,6 +386,42 @@ fn plan_qkv_rope(
     ))
 }
 
+/// Arrays arrive as `(shape, dtype name)` pairs.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn plan_qk_norm_rope(
+    qkv: ShapeDtype,
+    q_weight: ShapeDtype,
+    k_weight: ShapeDtype,
+    offset: ShapeDtype,
+    eps: (f64, f64),
+    n_heads: i64,
+    n_kv_heads: i64,
+    head_dim: i64,
+    base: f64,
+    scale: f64,
+    traditional: bool,
+) -> PyResult<Launch> {
+    const OP: &str = "qk_norm_rope";
+    launch(qk_norm_rope::plan(
+        spec(OP, "qkv", &qkv)?,
+        spec(OP, "q_weight", &q_weight)?,
+        spec(OP, "k_weight", &k_weight)?,
+        spec(OP, "offset", &offset)?,
+        eps,
+        qkv_rope::Heads {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        },
+        qkv_rope::Rope {
+            base,
+            scale,
+            traditional,
+        },
+    ))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KernelSpec>()?;
     m.add_class::<Launch>()?;
@@ -405,5 +441,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_add_rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(plan_qk_rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(plan_qkv_rope, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_qk_norm_rope, m)?)?;
     Ok(())
 }

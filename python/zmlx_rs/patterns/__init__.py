@@ -12,6 +12,7 @@ from zmlx_rs.patterns.dense_mlp import DenseMLP
 from zmlx_rs.patterns.moe import MoEBlock, MoEExperts
 from zmlx_rs.patterns.moe_decode import MoEDecode
 from zmlx_rs.patterns.qk_norm import QKNorm
+from zmlx_rs.patterns.qk_norm_rope import QKNormRope
 from zmlx_rs.patterns.qkv_rope import QKVRope
 from zmlx_rs.patterns.qmv import QMV
 
@@ -20,14 +21,15 @@ __all__ = ["ALL", "OK", "Fused", "Pattern", "get", "names", "register"]
 # add_norm first: it takes the decoder blocks, outside everything else. Then moe_decode: it
 # takes the MoE blocks with quantised experts its kernels run (measured faster than moe_block
 # on the GPU), moe_block the others; moe_experts after both (it packs the experts inside the
-# block); qk_norm and qkv_rope before attention_qkv (they do what that one does and more, on
-# qwen3's and llama's attention); qmv last, so that it also takes the stacked projections the
-# others make.
+# block); qk_norm_rope, qk_norm and qkv_rope before attention_qkv (they do what that one does
+# and more, on qwen3's and llama's attention; qk_norm_rope more than qk_norm); qmv last, so
+# that it also takes the stacked projections the others make.
 ALL: list[Pattern] = [
     AddNorm(),
     MoEDecode(),
     MoEBlock(),
     MoEExperts(),
+    QKNormRope(),
     QKNorm(),
     QKVRope(),
     AttentionQKV(),

@@ -1,0 +1,107 @@
+"""qwen3's attention with its q/k head norms and RoPE of one decode token in one kernel.
+
+What `qk_norm` does, and at one token per row in eval mode also the transposes and the two
+RoPE nodes: `kernels.qk_norm_rope`, one node for the split, heads, norms and rotations
+(MLX-CUDA's RMSNorm and rope arithmetic). It takes the qwen3 attention modules with a plain
+`nn.RoPE` over whole heads before `qk_norm` does; prefill and training run what `qk_norm`
+runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import scaled_dot_product_attention
+
+from zmlx_rs import _native, kernels
+from zmlx_rs.patterns._base import OK, Fused, fuse_outputs
+from zmlx_rs.patterns.attention_qkv import _head_count, attend
+from zmlx_rs.patterns.qk_norm import FusedQKNormAttention, QKNorm, _name
+
+__all__ = ["FusedQKNormRopeAttention", "QKNormRope"]
+
+
+class FusedQKNormRopeAttention(FusedQKNormAttention):
+    """qk_norm's module with the RoPE of a decode token in the same kernel."""
+
+    pattern = "qk_norm_rope"
+
+    def __init__(self, original: nn.Module, qkv_proj: nn.Module, widths: list[int]) -> None:
+        super().__init__(original, qkv_proj, widths)
+        self.note = "q|k|v -> qkv_proj; split, heads, q_norm, k_norm, rope -> qk_norm_rope"
+
+    def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+        qkv = self.qkv_proj(x)
+        B, L, _ = qkv.shape
+        q_norm, k_norm = self.q_norm, self.k_norm
+        if self.training or L != 1 or not qkv.dtype == q_norm.weight.dtype == k_norm.weight.dtype:
+            return attend(self, *self.heads(qkv), mask, cache)
+        rope = self.rope
+        offset = 0 if cache is None else cache.offset
+        if isinstance(offset, mx.array) and offset.dtype != mx.int32:
+            offset = offset.astype(mx.int32)
+        queries, keys, values = kernels.qk_norm_rope(
+            qkv,
+            q_norm.weight,
+            k_norm.weight,
+            (q_norm.eps, k_norm.eps),
+            offset,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            base=rope.base,
+            scale=rope.scale,
+            traditional=rope.traditional,
+        )
+        if cache is not None:
+            keys, values = cache.update_and_fetch(keys, values)
+        output = scaled_dot_product_attention(
+            queries, keys, values, cache=cache, scale=self.scale, mask=mask
+        )
+        return self.o_proj(output.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+class QKNormRope(QKNorm):
+    name = "qk_norm_rope"
+    description = (
+        "qwen3 attention: q|k|v in one projection, split + head norms + RoPE in one kernel"
+    )
+    # Not yet checked bit for bit against MLX on a GPU (the two halves, qk_rms_norm and
+    # qkv_rope, have been): on when a GPU run has.
+    by_default = False
+
+    def matches(self, module: nn.Module, path: str) -> str | None:
+        verdict = super().matches(module, path)
+        if verdict != OK:
+            return verdict
+        rope = module["rope"]
+        if type(rope) is not nn.RoPE:
+            return f"rope is {type(rope).__name__}, not nn.RoPE"
+        q_w, k_w = module["q_norm"]["weight"], module["k_norm"]["weight"]
+        n_heads, n_kv_heads = _head_count(module, "n_heads"), _head_count(module, "n_kv_heads")
+        assert n_heads is not None and n_kv_heads is not None  # attention_qkv checked them
+        if rope.dims != q_w.shape[0]:
+            return f"RoPE of {rope.dims} does not rotate whole heads of {q_w.shape[0]}"
+        widths = [module[p]["weight"].shape[-2] for p in ("q_proj", "k_proj", "v_proj")]
+        try:
+            _native.plan_qk_norm_rope(
+                ([1, 1, sum(widths)], _name(q_w)),
+                (list(q_w.shape), _name(q_w)),
+                (list(k_w.shape), _name(k_w)),
+                ([], "int32"),
+                (module["q_norm"].eps, module["k_norm"].eps),
+                n_heads,
+                n_kv_heads,
+                rope.dims,
+                float(rope.base),
+                float(rope.scale),
+                bool(rope.traditional),
+            )
+        except _native.ZmlxError as e:
+            return str(e)
+        return OK
+
+    def apply(self, module: nn.Module, path: str) -> Fused:
+        qkv, widths = fuse_outputs([module[p] for p in ("q_proj", "k_proj", "v_proj")])
+        return FusedQKNormRopeAttention(module, qkv, widths)
