@@ -135,13 +135,14 @@ __device__ __forceinline__ void stage_v(uint16_t* sv, const T* v, int thread, in
 // The dot products of 8 consecutive weight rows (from byte w, RB bytes each; their 8 * G
 // scales and biases from s and b; all 16-byte aligned) with v (N values of T in shared memory,
 // its copy issued by stage_v before: by the whole block if BLOCK_V, then every warp of the
-// block calls this, else by this warp), MLX's way, by one warp. The rows are copied to shared memory asynchronously in up to 8 parts of whole
-// groups along the reduction, at most 4 in flight: a part's steps run once it has landed,
-// while the next ones load. Keeping only a few parts in flight makes every warp's first parts
-// land before any warp's last: with all of them requested up front, each warp's first part
-// waited behind other warps' whole rows and the steps (one dependent chain of D / 16 mma)
-// started only when nearly all data had arrived. A step reads only shared memory. Lane 4g + t
-// ends with rows 2t, 2t + 1 in c[0], c[1].
+// block calls this, else by this warp), MLX's way, by one warp. The rows are copied to shared
+// memory asynchronously in up to 8 parts of whole groups along the reduction, at most 4 in
+// flight: a part's steps run once it has landed, while the next ones load. Keeping only a
+// few parts in flight makes every warp's first parts land before any warp's last: with all
+// of them requested up front, each warp's first part waited behind other warps' whole rows
+// and the steps (one dependent chain of D / 16 mma) started only when nearly all data had
+// arrived. A step reads only shared memory. Lane 4g + t ends with rows 2t, 2t + 1 in c[0],
+// c[1].
 template <int BITS, int GS, int N, bool BLOCK_V, typename T>
 __device__ __forceinline__ void mma_rows(float (&c)[4], MmaStage<BITS, GS, N>& st,
                                          const T* sv, const unsigned char* w, const uint16_t* s,
