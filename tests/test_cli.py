@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -96,3 +99,18 @@ def test_e2e_benchmark_takes_a_pattern_set(tmp_path):
     assert result["rows"][0]["patched"] == {"add_norm": 1, "dense_mlp": 1}
     with pytest.raises(SystemExit, match="--patterns"):
         bench.main([*args, "--patterns=nope"])
+
+
+def test_step_profile_benchmark_writes_json(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "step_profile.py"
+    cmd = [sys.executable, str(script), "--models", "qwen3-0.6b", "--layers", "1"]
+    cmd += ["--rounds", "1", "--steps", "2", "--scaled", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300).stdout
+    assert "build us" in out and "unpatched" in out
+    (written,) = tmp_path.glob("step_profile-*.json")
+    row = json.loads(written.read_text())["models"][0]
+    assert row["model"] == "qwen3-0.6b" and row["patched"]
+    for config in ("unpatched", "patched"):
+        assert row["nodes_per_decode_step"][config] > 0
+        m = row["median_us"][config]
+        assert 0 < m["build"] < m["step"] and len(row["rounds_us"][config]) == 1
