@@ -848,17 +848,21 @@ def qk_rms_norm(
 
 
 _QKV_ROPE = _Kernel(_native.plan_qkv_rope)
-# The last int offset as an int32 array: a decode step's layers all ask for the same one.
-_OFFSET: list = [None, None]
+# The last int offset and its int32 array, one tuple (read and replaced whole, so threads
+# never pair one offset with another's array): a decode step's layers all ask for the same.
+_LAST_OFFSET: tuple[int | None, mx.array | None] = (None, None)
 
 
 def _offset_array(op: str, offset: int | mx.array) -> mx.array:
+    global _LAST_OFFSET
     if isinstance(offset, mx.array):
         return offset
     _require_ints(op, offset=offset)
-    if _OFFSET[0] != offset:
-        _OFFSET[:] = [offset, mx.array(offset, dtype=mx.int32)]
-    return _OFFSET[1]
+    last, array = _LAST_OFFSET
+    if last != offset or array is None:
+        array = mx.array(offset, dtype=mx.int32)
+        _LAST_OFFSET = (offset, array)
+    return array
 
 
 def qkv_rope(
