@@ -853,9 +853,22 @@ _QKV_ROPE = _Kernel(_native.plan_qkv_rope)
 _LAST_OFFSET: tuple[int | None, mx.array | None] = (None, None)
 
 
+def _require_rope(op: str, base: Any, scale: Any, traditional: Any) -> None:
+    """nn.RoPE's settings as the rope plans take them: numbers and a bool."""
+    for arg, v in (("base", base), ("scale", scale)):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise _native.ZmlxError(f"{op}(): '{arg}' must be a number, got {v!r}")
+    if not isinstance(traditional, bool):
+        raise _native.ZmlxError(f"{op}(): 'traditional' must be a bool, got {traditional!r}")
+
+
 def _offset_array(op: str, offset: int | mx.array) -> mx.array:
     global _LAST_OFFSET
     if isinstance(offset, mx.array):
+        # Another integer type (a batch cache's offsets) as the kernels read it; floats are
+        # left for the plan to reject.
+        if offset.dtype != mx.int32 and mx.issubdtype(offset.dtype, mx.integer):
+            return offset.astype(mx.int32)
         return offset
     _require_ints(op, offset=offset)
     last, array = _LAST_OFFSET
@@ -894,11 +907,7 @@ def qkv_rope(
         key, launch = (), None
     if launch is None:
         _require_ints(op, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim)
-        for arg, v in (("base", base), ("scale", scale)):
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise _native.ZmlxError(f"{op}(): '{arg}' must be a number, got {v!r}")
-        if not isinstance(traditional, bool):
-            raise _native.ZmlxError(f"{op}(): 'traditional' must be a bool, got {traditional!r}")
+        _require_rope(op, base, scale, traditional)
         arrays = {"qkv": qkv, "offset": off}
         scalars = (n_heads, n_kv_heads, head_dim, float(base), float(scale), traditional)
         launch = _QKV_ROPE.launch_for(key, op, arrays, *scalars)
@@ -953,11 +962,7 @@ def qk_norm_rope(
         if not (isinstance(eps, tuple) and len(eps) == 2):
             raise _native.ZmlxError(f"{op}(): 'eps' must be a (q, k) pair of numbers, got {eps!r}")
         _require_ints(op, n_heads=n_heads, n_kv_heads=n_kv_heads)
-        for arg, v in (("base", base), ("scale", scale)):
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise _native.ZmlxError(f"{op}(): '{arg}' must be a number, got {v!r}")
-        if not isinstance(traditional, bool):
-            raise _native.ZmlxError(f"{op}(): 'traditional' must be a bool, got {traditional!r}")
+        _require_rope(op, base, scale, traditional)
         arrays = {"qkv": qkv, "q_weight": q_weight, "k_weight": k_weight, "offset": off}
         head_dim = q_weight.shape[0] if q_weight.ndim == 1 else -1
         scalars = (eps, n_heads, n_kv_heads, head_dim, float(base), float(scale), traditional)

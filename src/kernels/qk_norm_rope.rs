@@ -2,11 +2,9 @@
 //! and the RoPE of `qkv_rope` in one node, straight from the fused q|k|v projection (mlx-lm:
 //! split, three reshapes, two RMSNorms after copies, three transposes, two rope nodes).
 
-use super::qk_rms_norm::max_head;
-use super::qkv_rope::{offset_per_row, rope_template, Heads, Rope};
-use super::{
-    numel, require_float, vector_width, DType, KernelSource, Launch, TemplateArg, RMS, WARP,
-};
+use super::qk_rms_norm::{check_eps, head_counts, head_weights, value_width, warp_per_head_grid};
+use super::qkv_rope::{decode_heads, decode_rows, offset_per_row, rope_template, Heads, Rope};
+use super::{require_float, vector_width, DType, KernelSource, Launch, TemplateArg, RMS, WARP};
 use crate::error::{shape_str, Error, Result};
 
 pub static QK_NORM_ROPE: KernelSource = KernelSource {
@@ -33,35 +31,15 @@ pub fn plan(
 ) -> Result<Launch> {
     let (shape, dtype) = qkv;
     require_float(OP, "qkv", dtype)?;
-    for (arg, n) in [("n_heads", heads.n_heads), ("n_kv_heads", heads.n_kv_heads)] {
-        if n < 1 {
-            return Err(Error::value(OP, arg, ">= 1", n));
-        }
-    }
-    let (hq, hk) = (heads.n_heads as usize, heads.n_kv_heads as usize);
-    let vec = vector_width(dtype);
-    let d = match q_w.0 {
-        [d] if *d > 0 => *d,
-        s => return Err(Error::shape(OP, "q_weight", "(head_dim,)", shape_str(s))),
-    };
-    for (arg, (s, t)) in [("q_weight", q_w), ("k_weight", k_w)] {
-        if t != dtype {
-            return Err(Error::dtype(OP, arg, dtype, t));
-        }
-        if s != [d] {
-            return Err(Error::shape(OP, arg, format!("({d},)"), shape_str(s)));
-        }
-    }
+    let (hq, hk) = head_counts(OP, heads.n_heads, heads.n_kv_heads)?;
+    let d = head_weights(OP, q_w, k_w, dtype)?;
     // Whole vectors per half head: a value's partner is a whole number of lanes away.
-    if d > max_head(dtype) || d % (2 * vec) != 0 {
+    let vec = vector_width(dtype);
+    if d % (2 * vec) != 0 {
         return Err(Error::shape(
             OP,
             "q_weight",
-            format!(
-                "(D,) with D <= {} a multiple of {} for {dtype}",
-                max_head(dtype),
-                2 * vec
-            ),
+            format!("(D,) with D a multiple of {} for {dtype}", 2 * vec),
             shape_str(q_w.0),
         ));
     }
@@ -73,41 +51,13 @@ pub fn plan(
             heads.head_dim,
         ));
     }
-    let [b, 1, width] = *shape else {
-        return Err(Error::shape(
-            OP,
-            "qkv",
-            "(B, 1, width): one decode token per row",
-            shape_str(shape),
-        ));
-    };
-    let qk = (hq + hk) * d;
-    if width <= qk || (width - qk) % hk != 0 {
-        return Err(Error::shape(
-            OP,
-            "qkv",
-            format!("(B, 1, {qk} + {hk} * DV): {hq} query and {hk} key heads of {d}, then values"),
-            shape_str(shape),
-        ));
-    }
-    let dv = (width - qk) / hk;
-    for e in [eps.0, eps.1] {
-        if !(e.is_finite() && e >= 0.0) {
-            return Err(Error::value(OP, "eps", "a finite number >= 0", e));
-        }
-    }
-    let warps = b * (hq + hk);
-    if b == 0 || warps * 32 > u32::MAX as usize || numel(shape) > i32::MAX as usize {
-        return Err(Error::shape(
-            OP,
-            "qkv",
-            "between 1 row and 2**31 values",
-            shape_str(shape),
-        ));
-    }
+    let (b, width) = decode_rows(OP, shape)?;
+    let dv = value_width(OP, (shape, "B, 1"), width, (hq, hk, d))?;
+    check_eps(OP, eps)?;
+    // One warp per query and key head (a key head's warp copies its values).
+    let (grid, threadgroup) = warp_per_head_grid(OP, shape, b, b * (hq + hk))?;
     let per_row = offset_per_row(OP, offset, b)?;
     let rope_args = rope_template(OP, rope)?;
-    let per_block = [4, 2, 1].into_iter().find(|w| warps % w == 0).unwrap_or(1);
     Ok(Launch {
         kernel: &QK_NORM_ROPE,
         template: vec![
@@ -130,9 +80,9 @@ pub fn plan(
         .into_iter()
         .chain(rope_args)
         .collect(),
-        grid: [(warps * 32) as u32, 1, 1],
-        threadgroup: [(per_block * 32) as u32, 1, 1],
-        output_shapes: vec![vec![b, hq, 1, d], vec![b, hk, 1, d], vec![b, hk, 1, dv]],
+        grid,
+        threadgroup,
+        output_shapes: decode_heads(b, (hq, hk, d), dv),
         output_dtypes: vec![dtype; 3],
     })
 }

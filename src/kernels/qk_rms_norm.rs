@@ -23,6 +23,102 @@ pub fn max_head(dtype: DType) -> usize {
     32 * vector_width(dtype)
 }
 
+/// The head counts, both >= 1.
+pub(super) fn head_counts(
+    op: &'static str,
+    n_heads: i64,
+    n_kv_heads: i64,
+) -> Result<(usize, usize)> {
+    for (arg, n) in [("n_heads", n_heads), ("n_kv_heads", n_kv_heads)] {
+        if n < 1 {
+            return Err(Error::value(op, arg, ">= 1", n));
+        }
+    }
+    Ok((n_heads as usize, n_kv_heads as usize))
+}
+
+/// The head size D of per-head norm weights q_w and k_w: (D,) each, in `dtype`, D no wider
+/// than the kernels' one warp per head takes.
+pub(super) fn head_weights(
+    op: &'static str,
+    q_w: (&[usize], DType),
+    k_w: (&[usize], DType),
+    dtype: DType,
+) -> Result<usize> {
+    let d = match q_w.0 {
+        [d] if *d > 0 => *d,
+        s => return Err(Error::shape(op, "q_weight", "(head_dim,)", shape_str(s))),
+    };
+    for (arg, (s, t)) in [("q_weight", q_w), ("k_weight", k_w)] {
+        if t != dtype {
+            return Err(Error::dtype(op, arg, dtype, t));
+        }
+        if s != [d] {
+            return Err(Error::shape(op, arg, format!("({d},)"), shape_str(s)));
+        }
+    }
+    if d > max_head(dtype) {
+        return Err(Error::shape(
+            op,
+            "q_weight",
+            format!("(D,) with D <= {} for {dtype}", max_head(dtype)),
+            shape_str(q_w.0),
+        ));
+    }
+    Ok(d)
+}
+
+/// DV, the value heads' size, of a q|k|v projection row `width` wide (`lead` names the
+/// leading axes in the message): hq query and hk key heads of d, then hk value heads.
+pub(super) fn value_width(
+    op: &'static str,
+    (shape, lead): (&[usize], &str),
+    width: usize,
+    (hq, hk, d): (usize, usize, usize),
+) -> Result<usize> {
+    let qk = (hq + hk) * d;
+    if width <= qk || (width - qk) % hk != 0 {
+        return Err(Error::shape(
+            op,
+            "qkv",
+            format!(
+                "({lead}, {qk} + {hk} * DV): {hq} query and {hk} key heads of {d}, then values"
+            ),
+            shape_str(shape),
+        ));
+    }
+    Ok((width - qk) / hk)
+}
+
+pub(super) fn check_eps(op: &'static str, eps: (f64, f64)) -> Result<()> {
+    for e in [eps.0, eps.1] {
+        if !(e.is_finite() && e >= 0.0) {
+            return Err(Error::value(op, "eps", "a finite number >= 0", e));
+        }
+    }
+    Ok(())
+}
+
+/// Grid and block of a launch of one warp per head, `warps` in all over `rows` rows of qkv:
+/// blocks of the most warps (up to 4) that divide them exactly.
+pub(super) fn warp_per_head_grid(
+    op: &'static str,
+    shape: &[usize],
+    rows: usize,
+    warps: usize,
+) -> Result<([u32; 3], [u32; 3])> {
+    if rows == 0 || warps * 32 > u32::MAX as usize || numel(shape) > i32::MAX as usize {
+        return Err(Error::shape(
+            op,
+            "qkv",
+            "between 1 row and 2**31 values",
+            shape_str(shape),
+        ));
+    }
+    let per_block = [4, 2, 1].into_iter().find(|w| warps % w == 0).unwrap_or(1);
+    Ok(([(warps * 32) as u32, 1, 1], [(per_block * 32) as u32, 1, 1]))
+}
+
 /// qkv (..., (n_heads + n_kv_heads) * D + n_kv_heads * DV), q_w and k_w (D,), all of one
 /// float dtype → q (..., n_heads, D), k (..., n_kv_heads, D), v (..., n_kv_heads, DV).
 pub fn plan(
@@ -35,71 +131,15 @@ pub fn plan(
 ) -> Result<Launch> {
     let (shape, dtype) = qkv;
     require_float(OP, "qkv", dtype)?;
-    if n_heads < 1 {
-        return Err(Error::value(OP, "n_heads", ">= 1", n_heads));
-    }
-    if n_kv_heads < 1 {
-        return Err(Error::value(OP, "n_kv_heads", ">= 1", n_kv_heads));
-    }
-    let (hq, hk) = (n_heads as usize, n_kv_heads as usize);
-    let q_shape = q_w.0;
-    let d = match q_shape {
-        [d] if *d > 0 => *d,
-        _ => {
-            return Err(Error::shape(
-                OP,
-                "q_weight",
-                "(head_dim,)",
-                shape_str(q_shape),
-            ))
-        }
-    };
-    for (arg, (s, t)) in [("q_weight", q_w), ("k_weight", k_w)] {
-        if t != dtype {
-            return Err(Error::dtype(OP, arg, dtype, t));
-        }
-        if s != [d] {
-            return Err(Error::shape(OP, arg, format!("({d},)"), shape_str(s)));
-        }
-    }
-    if d > max_head(dtype) {
-        return Err(Error::shape(
-            OP,
-            "q_weight",
-            format!("(D,) with D <= {} for {dtype}", max_head(dtype)),
-            shape_str(q_shape),
-        ));
-    }
+    let (hq, hk) = head_counts(OP, n_heads, n_kv_heads)?;
+    let d = head_weights(OP, q_w, k_w, dtype)?;
     let Some((&width, lead)) = shape.split_last() else {
         return Err(Error::shape(OP, "qkv", "an array (..., width)", "()"));
     };
-    let qk = (hq + hk) * d;
-    if width <= qk || (width - qk) % hk != 0 {
-        return Err(Error::shape(
-            OP,
-            "qkv",
-            format!("(..., {qk} + {hk} * DV): {hq} query and {hk} key heads of {d}, then values"),
-            shape_str(shape),
-        ));
-    }
-    let dv = (width - qk) / hk;
-    for (arg, e) in [("eps", eps.0), ("eps", eps.1)] {
-        if !(e.is_finite() && e >= 0.0) {
-            return Err(Error::value(OP, arg, "a finite number >= 0", e));
-        }
-    }
+    let dv = value_width(OP, (shape, "..."), width, (hq, hk, d))?;
+    check_eps(OP, eps)?;
     let rows = numel(lead);
-    let warps = rows * (hq + hk);
-    if rows == 0 || warps * 32 > u32::MAX as usize || numel(shape) > i32::MAX as usize {
-        return Err(Error::shape(
-            OP,
-            "qkv",
-            "between 1 row and 2**31 values",
-            shape_str(shape),
-        ));
-    }
-    // Warps per block: the most (up to 4) that divide the launch's warps exactly.
-    let per_block = [4, 2, 1].into_iter().find(|w| warps % w == 0).unwrap_or(1);
+    let (grid, threadgroup) = warp_per_head_grid(OP, shape, rows, rows * (hq + hk))?;
     let with = |h: usize, n: usize| {
         let mut s = lead.to_vec();
         s.extend([h, n]);
@@ -123,8 +163,8 @@ pub fn plan(
                 TemplateArg::Int((eps.1 as f32).to_bits() as i32),
             ),
         ],
-        grid: [(warps * 32) as u32, 1, 1],
-        threadgroup: [(per_block * 32) as u32, 1, 1],
+        grid,
+        threadgroup,
         output_shapes: vec![with(hq, d), with(hk, d), with(hk, dv)],
         output_dtypes: vec![dtype; 3],
     })

@@ -3,7 +3,8 @@
 //! transposes them and runs two `mx.fast.rope` nodes (two kernel nodes and nine views); this
 //! is one node with three outputs and MLX-CUDA's rope arithmetic (see the kernel).
 
-use super::{numel, require_float, DType, KernelSource, Launch, TemplateArg};
+use super::qk_rms_norm::{head_counts, value_width, warp_per_head_grid};
+use super::{require_float, DType, KernelSource, Launch, TemplateArg};
 use crate::error::{shape_str, Error, Result};
 
 pub static QKV_ROPE: KernelSource = KernelSource {
@@ -76,6 +77,29 @@ pub(super) fn rope_template(
     ])
 }
 
+/// B and the row width of a q|k|v projection at one decode token, (B, 1, width).
+pub(super) fn decode_rows(op: &'static str, shape: &[usize]) -> Result<(usize, usize)> {
+    match *shape {
+        [b, 1, width] => Ok((b, width)),
+        _ => Err(Error::shape(
+            op,
+            "qkv",
+            "(B, 1, width): one decode token per row",
+            shape_str(shape),
+        )),
+    }
+}
+
+/// The three outputs of the decode-token kernels: q (B, hq, 1, d), k (B, hk, 1, d),
+/// v (B, hk, 1, dv).
+pub(super) fn decode_heads(
+    b: usize,
+    (hq, hk, d): (usize, usize, usize),
+    dv: usize,
+) -> Vec<Vec<usize>> {
+    vec![vec![b, hq, 1, d], vec![b, hk, 1, d], vec![b, hk, 1, dv]]
+}
+
 /// qkv (B, 1, (n_heads + n_kv_heads) * D + n_kv_heads * DV) in a float dtype, offset int32 ()
 /// or (B,) → q (B, n_heads, 1, D), k (B, n_kv_heads, 1, D), v (B, n_kv_heads, 1, DV).
 pub fn plan(
@@ -86,11 +110,7 @@ pub fn plan(
 ) -> Result<Launch> {
     let (shape, dtype) = qkv;
     require_float(OP, "qkv", dtype)?;
-    for (arg, n) in [("n_heads", heads.n_heads), ("n_kv_heads", heads.n_kv_heads)] {
-        if n < 1 {
-            return Err(Error::value(OP, arg, ">= 1", n));
-        }
-    }
+    let (hq, hk) = head_counts(OP, heads.n_heads, heads.n_kv_heads)?;
     if heads.head_dim < 2 || heads.head_dim % 2 != 0 {
         return Err(Error::value(
             OP,
@@ -99,42 +119,13 @@ pub fn plan(
             heads.head_dim,
         ));
     }
-    let (hq, hk, d) = (
-        heads.n_heads as usize,
-        heads.n_kv_heads as usize,
-        heads.head_dim as usize,
-    );
-    let [b, 1, width] = *shape else {
-        return Err(Error::shape(
-            OP,
-            "qkv",
-            "(B, 1, width): one decode token per row",
-            shape_str(shape),
-        ));
-    };
-    let qk = (hq + hk) * d;
-    if width <= qk || (width - qk) % hk != 0 {
-        return Err(Error::shape(
-            OP,
-            "qkv",
-            format!("(B, 1, {qk} + {hk} * DV): {hq} query and {hk} key heads of {d}, then values"),
-            shape_str(shape),
-        ));
-    }
-    let dv = (width - qk) / hk;
-    let warps = b * (hq + 2 * hk);
-    if b == 0 || warps * 32 > u32::MAX as usize || numel(shape) > i32::MAX as usize {
-        return Err(Error::shape(
-            OP,
-            "qkv",
-            "between 1 row and 2**31 values",
-            shape_str(shape),
-        ));
-    }
+    let d = heads.head_dim as usize;
+    let (b, width) = decode_rows(OP, shape)?;
+    let dv = value_width(OP, (shape, "B, 1"), width, (hq, hk, d))?;
+    // One warp per query, key and value head.
+    let (grid, threadgroup) = warp_per_head_grid(OP, shape, b, b * (hq + 2 * hk))?;
     let per_row = offset_per_row(OP, offset, b)?;
     let rope_args = rope_template(OP, rope)?;
-    // Warps per block: the most (up to 4) that divide the launch's warps exactly.
-    let per_block = [4, 2, 1].into_iter().find(|w| warps % w == 0).unwrap_or(1);
     Ok(Launch {
         kernel: &QKV_ROPE,
         template: vec![
@@ -148,9 +139,9 @@ pub fn plan(
         .into_iter()
         .chain(rope_args)
         .collect(),
-        grid: [(warps * 32) as u32, 1, 1],
-        threadgroup: [(per_block * 32) as u32, 1, 1],
-        output_shapes: vec![vec![b, hq, 1, d], vec![b, hk, 1, d], vec![b, hk, 1, dv]],
+        grid,
+        threadgroup,
+        output_shapes: decode_heads(b, (hq, hk, d), dv),
         output_dtypes: vec![dtype; 3],
     })
 }

@@ -30,7 +30,7 @@ from zmlx_rs.patterns._base import (
     unfuse_outputs,
 )
 
-__all__ = ["AttentionQKV", "FusedQKVAttention", "attend"]
+__all__ = ["AttentionQKV", "FusedQKVAttention", "attend", "attend_rotated"]
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 # Spellings of the head counts (mixtral says num_heads / num_key_value_heads): the same
@@ -108,8 +108,19 @@ class FusedQKVAttention(Fused):
         self.note = "q|k|v -> qkv_proj"
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        queries, keys, values = self.heads(self.qkv_proj(x))
-        return attend(self, queries, keys, values, mask, cache)
+        qkv = self.qkv_proj(x)
+        if not self.training and qkv.shape[1] == 1:
+            front = self.decode_front(qkv, 0 if cache is None else cache.offset)
+            if front is not None:
+                return attend_rotated(self, *front, mask, cache)
+        return attend(self, *self.heads(qkv), mask, cache)
+
+    def decode_front(
+        self, qkv: mx.array, offset: int | mx.array
+    ) -> tuple[mx.array, mx.array, mx.array] | None:
+        """At one token per row in eval mode, q and k after RoPE at `offset` and v as (B,
+        heads, 1, D) from one kernel; None (here: always) runs `heads` and `attend`."""
+        return None
 
     def heads(self, qkv: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """q, k (normalised if the forward does) and v as (B, L, heads, D)."""
@@ -128,17 +139,26 @@ def attend(
 ) -> mx.array:
     """The rest of the llama/qwen3 forward from (B, L, heads, D) q, k, v: RoPE, the KV cache,
     attention, the output projection (`module.rope`, `.scale`, `.o_proj`)."""
-    B, L = queries.shape[:2]
     queries = queries.transpose(0, 2, 1, 3)
     keys = keys.transpose(0, 2, 1, 3)
     values = values.transpose(0, 2, 1, 3)
     if cache is not None:
         queries = module.rope(queries, offset=cache.offset)
         keys = module.rope(keys, offset=cache.offset)
-        keys, values = cache.update_and_fetch(keys, values)
     else:
         queries = module.rope(queries)
         keys = module.rope(keys)
+    return attend_rotated(module, queries, keys, values, mask, cache)
+
+
+def attend_rotated(
+    module: nn.Module, queries: mx.array, keys: mx.array, values: mx.array, mask: Any, cache: Any
+) -> mx.array:
+    """The end of the forward from (B, heads, L, D) q and k after RoPE and v: the KV cache,
+    attention, the output projection (`module.scale`, `.o_proj`)."""
+    B, _, L, _ = queries.shape
+    if cache is not None:
+        keys, values = cache.update_and_fetch(keys, values)
     output = scaled_dot_product_attention(
         queries, keys, values, cache=cache, scale=module.scale, mask=mask
     )

@@ -3,21 +3,18 @@
 What `qk_norm` does, and at one token per row in eval mode also the transposes and the two
 RoPE nodes: `kernels.qk_norm_rope`, one node for the split, heads, norms and rotations
 (MLX-CUDA's RMSNorm and rope arithmetic). It takes the qwen3 attention modules with a plain
-`nn.RoPE` over whole heads before `qk_norm` does; prefill and training run what `qk_norm`
-runs.
+`nn.RoPE` over whole heads before `qk_norm` does; prefill, training and mixed dtypes run what
+`qk_norm` runs.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.base import scaled_dot_product_attention
 
 from zmlx_rs import _native, kernels
 from zmlx_rs.patterns._base import OK, Fused, fuse_outputs
-from zmlx_rs.patterns.attention_qkv import _head_count, attend
+from zmlx_rs.patterns.attention_qkv import _head_count
 from zmlx_rs.patterns.qk_norm import FusedQKNormAttention, QKNorm, _name
 
 __all__ = ["FusedQKNormRopeAttention", "QKNormRope"]
@@ -32,17 +29,13 @@ class FusedQKNormRopeAttention(FusedQKNormAttention):
         super().__init__(original, qkv_proj, widths)
         self.note = "q|k|v -> qkv_proj; split, heads, q_norm, k_norm, rope -> qk_norm_rope"
 
-    def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        qkv = self.qkv_proj(x)
-        B, L, _ = qkv.shape
-        q_norm, k_norm = self.q_norm, self.k_norm
-        if self.training or L != 1 or not qkv.dtype == q_norm.weight.dtype == k_norm.weight.dtype:
-            return attend(self, *self.heads(qkv), mask, cache)
-        rope = self.rope
-        offset = 0 if cache is None else cache.offset
-        if isinstance(offset, mx.array) and offset.dtype != mx.int32:
-            offset = offset.astype(mx.int32)
-        queries, keys, values = kernels.qk_norm_rope(
+    def decode_front(
+        self, qkv: mx.array, offset: int | mx.array
+    ) -> tuple[mx.array, mx.array, mx.array] | None:
+        q_norm, k_norm, rope = self.q_norm, self.k_norm, self.rope
+        if not qkv.dtype == q_norm.weight.dtype == k_norm.weight.dtype:
+            return None
+        return kernels.qk_norm_rope(
             qkv,
             q_norm.weight,
             k_norm.weight,
@@ -54,12 +47,6 @@ class FusedQKNormRopeAttention(FusedQKNormAttention):
             scale=rope.scale,
             traditional=rope.traditional,
         )
-        if cache is not None:
-            keys, values = cache.update_and_fetch(keys, values)
-        output = scaled_dot_product_attention(
-            queries, keys, values, cache=cache, scale=self.scale, mask=mask
-        )
-        return self.o_proj(output.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
 class QKNormRope(QKNorm):

@@ -11,11 +11,8 @@ partial rotation) run mlx-lm's ops.
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.base import scaled_dot_product_attention
 
 from zmlx_rs import kernels
 from zmlx_rs.patterns._base import OK, Fused, fuse_outputs
@@ -24,7 +21,6 @@ from zmlx_rs.patterns.attention_qkv import (
     FusedQKVAttention,
     _head_count,
     _qk_norm,
-    attend,
 )
 
 __all__ = ["FusedRopeAttention", "QKVRope"]
@@ -39,16 +35,11 @@ class FusedRopeAttention(FusedQKVAttention):
         super().__init__(original, qkv_proj, widths)
         self.note = "q|k|v -> qkv_proj; split, heads, rope -> qkv_rope at decode"
 
-    def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        qkv = self.qkv_proj(x)
-        B, L, _ = qkv.shape
-        if self.training or L != 1:
-            return attend(self, *self.heads(qkv), mask, cache)
+    def decode_front(
+        self, qkv: mx.array, offset: int | mx.array
+    ) -> tuple[mx.array, mx.array, mx.array] | None:
         rope = self.rope
-        offset = 0 if cache is None else cache.offset
-        if isinstance(offset, mx.array) and offset.dtype != mx.int32:
-            offset = offset.astype(mx.int32)
-        queries, keys, values = kernels.qkv_rope(
+        return kernels.qkv_rope(
             qkv,
             offset,
             n_heads=self.n_heads,
@@ -58,12 +49,6 @@ class FusedRopeAttention(FusedQKVAttention):
             scale=rope.scale,
             traditional=rope.traditional,
         )
-        if cache is not None:
-            keys, values = cache.update_and_fetch(keys, values)
-        output = scaled_dot_product_attention(
-            queries, keys, values, cache=cache, scale=self.scale, mask=mask
-        )
-        return self.o_proj(output.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
 class QKVRope(AttentionQKV):

@@ -18,15 +18,8 @@
   const T* weight = is_q ? q_w : k_w;
   T* dst = is_q ? q_out + (row * HQ + head) * D : k_out + (row * HK + kh) * D;
   float hv[VEC];
-  float sq = 0.0f;
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) {
-    // Lanes past the head hold zeros, as MLX's idle threads (0 * 0 adds nothing).
-    hv[i] = lane * VEC + i < D ? zm::to_f(src[lane * VEC + i]) : 0.0f;
-    sq = fmaf(hv[i], hv[i], sq);
-  }
-  const float scale =
-      zm::mlx_rms_scale(zm::warp_sum(sq), D, __int_as_float(is_q ? EPS_Q_BITS : EPS_K_BITS));
+  const float scale = zm::mlx_head_rms<VEC>(src, D, __int_as_float(is_q ? EPS_Q_BITS : EPS_K_BITS),
+                                            lane, hv);
   float nv[VEC];
 #pragma unroll
   for (int i = 0; i < VEC; ++i) {

@@ -1,10 +1,7 @@
   // One row of a fused q|k|v projection (HQ query heads, HK key heads of D values, HK value
   // heads of DV) into q and k normalised per head by their RMSNorms and v as it is, each
   // shaped (rows, heads, D): what mlx-lm's split, reshapes and q_norm / k_norm give, with
-  // MLX-CUDA's rms_norm_small arithmetic. MLX normalises a head of D <= 32 * VEC values with
-  // 64 threads whose first D / VEC hold one vector each, so only the first warp sums anything
-  // and the second adds an exact 0: one warp per head, lane t squaring the values of vector t
-  // in order into one fp32 sum by fmas, then the xor butterfly, is the same sum. A warp of a
+  // MLX-CUDA's rms_norm_small arithmetic (zm::mlx_head_rms: one warp per head). A warp of a
   // key head also copies that head's values.
   constexpr int HEADS = HQ + HK;
   constexpr int W = (HQ + HK) * D + HK * DV;
@@ -18,15 +15,8 @@
   const T* weight = is_q ? q_w : k_w;
   T* dst = is_q ? q_out + (row * HQ + head) * D : k_out + (row * HK + kh) * D;
   float hv[VEC];
-  float sq = 0.0f;
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) {
-    // Lanes past the head hold zeros, as MLX's idle threads (0 * 0 adds nothing).
-    hv[i] = lane * VEC + i < D ? zm::to_f(src[lane * VEC + i]) : 0.0f;
-    sq = fmaf(hv[i], hv[i], sq);
-  }
-  const float scale =
-      zm::mlx_rms_scale(zm::warp_sum(sq), D, __int_as_float(is_q ? EPS_Q_BITS : EPS_K_BITS));
+  const float scale = zm::mlx_head_rms<VEC>(src, D, __int_as_float(is_q ? EPS_Q_BITS : EPS_K_BITS),
+                                            lane, hv);
   if (lane * VEC < D) {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
