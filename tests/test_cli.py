@@ -67,7 +67,7 @@ def test_e2e_benchmark_writes_json(tmp_path, capsys):
     assert json.loads(written.read_text()) == json.loads(json.dumps(result))
     (row,) = result["rows"]
     assert row["rounds"] == 2 and row["numerics"]["ok"]
-    assert row["patched"] == {"add_norm": 1, "qk_norm": 1, "dense_mlp": 1}
+    assert row["patched"] == {"add_norm": 1, "qk_norm_rope": 1, "dense_mlp": 1}
     nodes = row["nodes_per_decode_step"]
     assert nodes["unpatched"]["nodes"] > 0 and nodes["patched"]["nodes"] > 0
     assert row["decode"]["unpatched_tps"] > 0 and len(row["decode"]["patched_rounds"]) == 2

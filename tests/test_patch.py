@@ -31,8 +31,14 @@ EXPECTED = {
     "llama": {"add_norm": 2, "qkv_rope": 2, "dense_mlp": 2},
     "mistral": {"add_norm": 2, "qkv_rope": 2, "dense_mlp": 2},
     "qwen2": {"add_norm": 2, "qkv_rope": 2, "dense_mlp": 2},
-    "qwen3": {"add_norm": 2, "qk_norm": 2, "dense_mlp": 2},
-    "qwen3_moe": {"add_norm": 2, "moe_block": 1, "moe_experts": 1, "qk_norm": 2, "dense_mlp": 1},
+    "qwen3": {"add_norm": 2, "qk_norm_rope": 2, "dense_mlp": 2},
+    "qwen3_moe": {
+        "add_norm": 2,
+        "moe_block": 1,
+        "moe_experts": 1,
+        "qk_norm_rope": 2,
+        "dense_mlp": 1,
+    },
     "qwen2_moe": {
         "add_norm": 2,
         "moe_block": 2,
@@ -253,11 +259,14 @@ def test_pattern_selection_and_errors():
     report = zmlx_rs.patch(model, patterns=["dense_mlp"])
     assert set(report.counts()) == {"dense_mlp"}
     zmlx_rs.unpatch(model)
-    report = zmlx_rs.patch(model, exclude=["attention_qkv", "qk_norm", "add_norm"])
+    report = zmlx_rs.patch(model, exclude=["attention_qkv", "qk_norm_rope", "qk_norm", "add_norm"])
     assert report.counts() == {"dense_mlp": 1, "moe_block": 1, "moe_experts": 1}
-    # qk_norm is a pattern of its own: excluding attention_qkv leaves it.
+    # qk_norm_rope and qk_norm are patterns of their own: excluding attention_qkv leaves
+    # them, and excluding qk_norm_rope leaves qk_norm.
     zmlx_rs.unpatch(model)
-    assert "qk_norm" in zmlx_rs.patch(model, exclude=["attention_qkv"]).counts()
+    assert "qk_norm_rope" in zmlx_rs.patch(model, exclude=["attention_qkv"]).counts()
+    zmlx_rs.unpatch(model)
+    assert "qk_norm" in zmlx_rs.patch(model, exclude=["qk_norm_rope"]).counts()
     with pytest.raises(ZmlxError, match="unknown pattern"):
         zmlx_rs.patch(model, patterns=["nope"])
     with pytest.raises(ZmlxError, match="'patterns'"):

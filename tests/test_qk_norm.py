@@ -59,7 +59,7 @@ def test_pattern_wraps_fused_qwen3_attention_and_reverts(family):
     model = tiny.build(family)
     tokens = mx.array([[1, 5, 9, 2, 33, 70, 4, 8]])
     want = model(tokens)
-    assert zmlx_rs.patch(model).counts()["qk_norm"] == model.args.num_hidden_layers
+    assert zmlx_rs.patch(model).counts()["qk_norm_rope"] == model.args.num_hidden_layers
     zmlx_rs.unpatch(model)
     # On its own, and ahead of attention_qkv when both are asked for.
     for chosen in (["qk_norm"], ["attention_qkv", "qk_norm"]):
@@ -146,7 +146,7 @@ def test_norm_rope_pattern_decodes_the_same_and_reverts(family):
         return [int(t) for t, _ in steps]
 
     want, want_logits = greedy(), model(prompt[None])
-    assert "qk_norm_rope" not in zmlx_rs.patch(model).counts()  # opt-in
+    assert "qk_norm_rope" in zmlx_rs.patch(model).counts()  # a default
     zmlx_rs.unpatch(model)
     report = zmlx_rs.patch(model, patterns=["qk_norm", "qk_norm_rope"])
     assert report.counts() == {"qk_norm_rope": model.args.num_hidden_layers}

@@ -34,8 +34,8 @@ def patch(
     """Fuse what can be fused in `model`, in place; returns what was done and why not.
 
     - `patterns`: names (or Pattern objects) to try, in registry order; default: those of
-      `zmlx_rs.patterns.ALL` whose `by_default` is set (the opt-in ones, qmv and qk_norm_rope,
-      run when named; smart_patch measures them all).
+      `zmlx_rs.patterns.ALL` whose `by_default` is set (the opt-in one, qmv, runs when
+      named; smart_patch measures them all).
     - `exclude`: pattern names, or module-path globs (`"model.layers.0.*"`), to leave alone.
     - `plan`: a PatchReport (or its `to_dict()`) from an earlier `patch`: patch exactly the
       modules it lists as patched, each still checked by its pattern.

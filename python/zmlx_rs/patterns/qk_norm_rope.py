@@ -54,9 +54,6 @@ class QKNormRope(QKNorm):
     description = (
         "qwen3 attention: q|k|v in one projection, split + head norms + RoPE in one kernel"
     )
-    # Not yet checked bit for bit against MLX on a GPU (the two halves, qk_rms_norm and
-    # qkv_rope, have been): on when a GPU run has.
-    by_default = False
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         verdict = super().matches(module, path)
