@@ -105,22 +105,31 @@ class FusedAddNormBlock(Fused):
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
         handed = self.__dict__.pop("_handed", None)
-        normed_x = handed[1] if handed is not None and handed[0] is x else self.input_layernorm(x)
-        r = self.self_attn(normed_x, mask, cache)
-        norm = self.post_attention_layernorm
+        # Children by item, not attribute: nn.Module's __getattr__ is a Python call per
+        # lookup, and a decode step makes thousands of them.
+        if handed is not None and handed[0] is x:
+            normed_x = handed[1]
+        else:
+            normed_x = self["input_layernorm"](x)
+        r = self["self_attn"](normed_x, mask, cache)
+        norm = self["post_attention_layernorm"]
+        weight = norm["weight"]
         mlp = self[self.mlp_attr]
         # The kernel wants one dtype for the stream, the branch and the norm's weight (mlx-lm
         # models keep them so); anything else, and training, runs MLX's ops.
-        if self.training or not x.dtype == r.dtype == norm.weight.dtype:
+        if self.training or not x.dtype == r.dtype == weight.dtype:
             h = x + r
             return h + mlp(norm(h))
-        h, normed = kernels.add_rms_norm(x, r, norm.weight, norm.eps)
+        h, normed = kernels.add_rms_norm(x, r, weight, norm.eps)
         r = mlp(normed)
         following = self.next_block
-        if following is None or not h.dtype == r.dtype == following.input_layernorm.weight.dtype:
+        if following is None:
             return h + r
-        norm = following.input_layernorm
-        out, normed_out = kernels.add_rms_norm(h, r, norm.weight, norm.eps)
+        norm = following["input_layernorm"]
+        weight = norm["weight"]
+        if not h.dtype == r.dtype == weight.dtype:
+            return h + r
+        out, normed_out = kernels.add_rms_norm(h, r, weight, norm.eps)
         following.__dict__["_handed"] = (out, normed_out)
         return out
 

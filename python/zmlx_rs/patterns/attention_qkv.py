@@ -108,7 +108,7 @@ class FusedQKVAttention(Fused):
         self.note = "q|k|v -> qkv_proj"
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        qkv = self.qkv_proj(x)
+        qkv = self["qkv_proj"](x)
         if not self.training and qkv.shape[1] == 1:
             front = self.decode_front(qkv, 0 if cache is None else cache.offset)
             if front is not None:
@@ -129,8 +129,8 @@ class FusedQKVAttention(Fused):
         queries = queries.reshape(B, L, self.n_heads, -1)
         keys = keys.reshape(B, L, self.n_kv_heads, -1)
         if self.qk_norm:
-            queries = self.q_norm(queries)
-            keys = self.k_norm(keys)
+            queries = self["q_norm"](queries)
+            keys = self["k_norm"](keys)
         return queries, keys, values.reshape(B, L, self.n_kv_heads, -1)
 
 
@@ -142,12 +142,13 @@ def attend(
     queries = queries.transpose(0, 2, 1, 3)
     keys = keys.transpose(0, 2, 1, 3)
     values = values.transpose(0, 2, 1, 3)
+    rope = module["rope"]
     if cache is not None:
-        queries = module.rope(queries, offset=cache.offset)
-        keys = module.rope(keys, offset=cache.offset)
+        queries = rope(queries, offset=cache.offset)
+        keys = rope(keys, offset=cache.offset)
     else:
-        queries = module.rope(queries)
-        keys = module.rope(keys)
+        queries = rope(queries)
+        keys = rope(keys)
     return attend_rotated(module, queries, keys, values, mask, cache)
 
 
@@ -163,7 +164,7 @@ def attend_rotated(
         queries, keys, values, cache=cache, scale=module.scale, mask=mask
     )
     output = output.transpose(0, 2, 1, 3).reshape(B, L, -1)
-    return module.o_proj(output)
+    return module["o_proj"](output)
 
 
 class AttentionQKV(Pattern):

@@ -193,7 +193,7 @@ class FusedGatedMLP(Fused):
         self.note = f"{activation}, {'+'.join(source[0])} -> gate_up_proj"
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = self.gate_up_proj(x)
+        h = self["gate_up_proj"](x)
         if self.activation == "silu":
             a = kernels.swiglu_packed(h, rounding="mlx", differentiable=self.training)
         else:
@@ -202,7 +202,7 @@ class FusedGatedMLP(Fused):
                 approximate=self.activation == "gelu_approx",
                 differentiable=self.training,
             )
-        return self.down_proj(a)
+        return self["down_proj"](a)
 
 
 class DenseMLP(Pattern):

@@ -66,9 +66,9 @@ class FusedSwitchGLU(Fused):
     def gathered_forward(
         self, x: mx.array, indices: mx.array, sorted_indices: bool = False
     ) -> mx.array:
-        h = self.gate_up_proj(x, indices, sorted_indices=sorted_indices)
+        h = self["gate_up_proj"](x, indices, sorted_indices=sorted_indices)
         a = kernels.swiglu_packed(h, rounding="mlx", differentiable=self.training)
-        return self.down_proj(a, indices, sorted_indices=sorted_indices)
+        return self["down_proj"](a, indices, sorted_indices=sorted_indices)
 
 
 class MoEExperts(Pattern):
@@ -200,12 +200,13 @@ class FusedMoEBlock(Fused):
             indices, scores = self[r.router](x)
             return scores, indices
         if r.router_is_weight:
+            gate = self["gate"]
             return kernels.moe_gating(
-                x @ self.gate.weight.T,
+                x @ gate["weight"].T,
                 r.k,
                 mode=r.mode,
                 norm_topk=r.norm_topk,
-                bias=self.gate.e_score_correction_bias,
+                bias=gate["e_score_correction_bias"],
                 scale=r.scale,
                 ties=r.ties,
                 rounding="mlx",
@@ -228,9 +229,10 @@ class FusedMoEBlock(Fused):
 
     def add_shared_experts(self, x: mx.array, y: mx.array) -> mx.array:
         if "shared_experts" in self:
-            return y + self.shared_experts(x)
+            return y + self["shared_experts"](x)
         if "shared_expert" in self:
-            return y + mx.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+            gate = self["shared_expert_gate"]
+            return y + mx.sigmoid(gate(x)) * self["shared_expert"](x)
         return y
 
 

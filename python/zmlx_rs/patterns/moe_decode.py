@@ -79,7 +79,7 @@ class FusedMoEDecodeBlock(FusedMoEBlock):
         # The kernels have no vjp: training keeps the differentiable path.
         if not ok or self.training or indices.size > DECODE_MAX_PAIRS or not _backend.on_cuda():
             return super().experts_and_combine(x, indices, scores)
-        gu, down = mlp.gate_up_proj, mlp.down_proj
+        gu, down = mlp["gate_up_proj"], mlp["down_proj"]
         act = kernels.gather_qmv_swiglu(
             x,
             indices,

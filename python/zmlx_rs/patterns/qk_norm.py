@@ -35,13 +35,12 @@ class FusedQKNormAttention(FusedQKVAttention):
         self.note = "q|k|v -> qkv_proj; split, heads, q_norm, k_norm -> qk_rms_norm"
 
     def heads(self, qkv: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        q_norm, k_norm = self.q_norm, self.k_norm
-        if self.training or not qkv.dtype == q_norm.weight.dtype == k_norm.weight.dtype:
+        q_norm, k_norm = self["q_norm"], self["k_norm"]
+        q_weight, k_weight = q_norm["weight"], k_norm["weight"]
+        if self.training or not qkv.dtype == q_weight.dtype == k_weight.dtype:
             return super().heads(qkv)
         eps = (q_norm.eps, k_norm.eps)
-        return kernels.qk_rms_norm(
-            qkv, q_norm.weight, k_norm.weight, eps, self.n_heads, self.n_kv_heads
-        )
+        return kernels.qk_rms_norm(qkv, q_weight, k_weight, eps, self.n_heads, self.n_kv_heads)
 
 
 class QKNorm(AttentionQKV):

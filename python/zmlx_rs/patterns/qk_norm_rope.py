@@ -32,13 +32,14 @@ class FusedQKNormRopeAttention(FusedQKNormAttention):
     def decode_front(
         self, qkv: mx.array, offset: int | mx.array
     ) -> tuple[mx.array, mx.array, mx.array] | None:
-        q_norm, k_norm, rope = self.q_norm, self.k_norm, self.rope
-        if not qkv.dtype == q_norm.weight.dtype == k_norm.weight.dtype:
+        q_norm, k_norm, rope = self["q_norm"], self["k_norm"], self["rope"]
+        q_weight, k_weight = q_norm["weight"], k_norm["weight"]
+        if not qkv.dtype == q_weight.dtype == k_weight.dtype:
             return None
         return kernels.qk_norm_rope(
             qkv,
-            q_norm.weight,
-            k_norm.weight,
+            q_weight,
+            k_weight,
             (q_norm.eps, k_norm.eps),
             offset,
             n_heads=self.n_heads,

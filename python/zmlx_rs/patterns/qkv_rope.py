@@ -38,7 +38,7 @@ class FusedRopeAttention(FusedQKVAttention):
     def decode_front(
         self, qkv: mx.array, offset: int | mx.array
     ) -> tuple[mx.array, mx.array, mx.array] | None:
-        rope = self.rope
+        rope = self["rope"]
         return kernels.qkv_rope(
             qkv,
             offset,
