@@ -4,6 +4,7 @@ module it replaced, and weight concatenation that replaces (never duplicates) th
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 
 import mlx.core as mx
@@ -11,7 +12,16 @@ import mlx.nn as nn
 from mlx.nn.layers.distributed import AllToShardedLinear, QuantizedAllToShardedLinear
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 
-__all__ = ["OK", "Fused", "Pattern", "fuse_outputs", "linear_mismatch", "unfuse_outputs"]
+__all__ = [
+    "OK",
+    "DecodeGraph",
+    "Fused",
+    "Pattern",
+    "decode_graph",
+    "fuse_outputs",
+    "linear_mismatch",
+    "unfuse_outputs",
+]
 
 OK = "ok"
 """What `Pattern.matches` returns for a module it can patch; any other string is a reason
@@ -106,6 +116,63 @@ class Fused(nn.Module):
             if name in self:
                 setattr(original, name, self[name])
         return original
+
+
+class DecodeGraph:
+    """A fused module's inference forward replayed as one `mx.compile`d call.
+
+    On MLX-CUDA a decode step is bound by the CPU: every op costs Python and MLX time to
+    build and encode, and a kernel call through its own compiled function costs more than a
+    built-in op. Traced once per input shape, the forward's ops (matmuls, catalog kernels)
+    replay from one call with the weights as explicit inputs: the same primitives in the same
+    order, so the same numbers. The forward must be pure in `x` and the arrays of `modules`
+    (read at the call, so reassigned weights are used) and must not hold elementwise MLX ops
+    the compiler could fuse. `fits` says whether the graph was built for these `modules`
+    (the same objects with the same keys); build a new one when not.
+
+    The graph holds its owner weakly (no cycle through the compiled function), and while a
+    trace runs it puts tracers in the modules' places, restoring the arrays even if the
+    forward raises.
+    """
+
+    __slots__ = ("_fn", "_modules", "_sizes", "_slots")
+
+    def __init__(self, owner: nn.Module, method: str, modules: Sequence[nn.Module]) -> None:
+        self._modules = tuple(modules)
+        self._sizes = tuple(len(m) for m in modules)
+        self._slots = [(m, k) for m in modules for k, v in m.items() if isinstance(v, mx.array)]
+        slots, ref = self._slots, weakref.ref(owner)
+
+        def trace(x: mx.array, *arrays: mx.array) -> mx.array:
+            saved = [m[k] for m, k in slots]
+            try:
+                for (m, k), a in zip(slots, arrays, strict=True):
+                    m[k] = a
+                return getattr(ref(), method)(x)
+            finally:
+                for (m, k), a in zip(slots, saved, strict=True):
+                    m[k] = a
+
+        self._fn = mx.compile(trace)
+
+    def fits(self, modules: Sequence[nn.Module]) -> bool:
+        return (
+            len(modules) == len(self._modules)
+            and all(a is b for a, b in zip(modules, self._modules, strict=True))
+            and all(len(m) == n for m, n in zip(modules, self._sizes, strict=True))
+        )
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self._fn(x, *[m[k] for m, k in self._slots])
+
+
+def decode_graph(owner: Fused, method: str, modules: Sequence[nn.Module]) -> DecodeGraph:
+    """The owner's `DecodeGraph` for `modules`, built on first use and whenever they change."""
+    graph = owner.__dict__.get("_decode_graph")
+    if graph is None or not graph.fits(modules):
+        graph = DecodeGraph(owner, method, modules)
+        object.__setattr__(owner, "_decode_graph", graph)
+    return graph
 
 
 def linear_mismatch(layers: Sequence[nn.Module], kinds: tuple[type, ...]) -> str | None:

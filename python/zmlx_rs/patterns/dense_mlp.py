@@ -20,19 +20,23 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import activations
 
-from zmlx_rs import kernels
+from zmlx_rs import _backend, kernels
 from zmlx_rs.patterns._base import (
     DENSE_LINEARS,
     OK,
     Fused,
     Pattern,
+    decode_graph,
     fuse_outputs,
     linear_mismatch,
     unfuse_outputs,
 )
+from zmlx_rs.patterns.qmv import FusedQuantizedLinear
 
 __all__ = ["DenseMLP", "FusedGatedMLP"]
 
+# Projections a decode graph may hold: matmuls and the qmv kernel, no elementwise ops.
+_GRAPH_LINEARS = (nn.Linear, nn.QuantizedLinear, FusedQuantizedLinear)
 # The activation helpers mlx-lm models call on the gate, by the name the kernels use.
 _GLU_HELPERS = {activations.swiglu: "silu"}
 _GATE_ACTIVATIONS = {nn.silu: "silu", nn.gelu: "gelu", nn.gelu_approx: "gelu_approx"}
@@ -193,6 +197,17 @@ class FusedGatedMLP(Fused):
         self.note = f"{activation}, {'+'.join(source[0])} -> gate_up_proj"
 
     def __call__(self, x: mx.array) -> mx.array:
+        # One token per row in eval mode on MLX-CUDA: the two projections and the activation
+        # kernel as one compiled call (see DecodeGraph), for plain and quantized layers (a
+        # LoRA or sharded layer holds elementwise ops or collectives: op by op).
+        if not self.training and x.ndim >= 2 and x.shape[-2] == 1 and _backend.on_cuda():
+            gate_up, down = self["gate_up_proj"], self["down_proj"]
+            if type(gate_up) in _GRAPH_LINEARS and type(down) in _GRAPH_LINEARS:
+                return decode_graph(self, "forward", (gate_up, down))(x)
+        return self.forward(x)
+
+    def forward(self, x: mx.array) -> mx.array:
+        """The MLP op by op."""
         h = self["gate_up_proj"](x)
         if self.activation == "silu":
             a = kernels.swiglu_packed(h, rounding="mlx", differentiable=self.training)

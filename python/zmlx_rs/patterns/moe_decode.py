@@ -20,7 +20,7 @@ import mlx.nn as nn
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 
 from zmlx_rs import _backend, kernels
-from zmlx_rs.patterns._base import OK
+from zmlx_rs.patterns._base import OK, DecodeGraph, decode_graph
 from zmlx_rs.patterns.moe import _ROUTING, FusedMoEBlock, FusedSwitchGLU, MoEBlock, MoEExperts
 
 __all__ = ["DECODE_MAX_PAIRS", "FusedMoEDecodeBlock", "MoEDecode"]
@@ -70,12 +70,49 @@ class FusedMoEDecodeBlock(FusedMoEBlock):
         object.__setattr__(self, "_checked", (None, False))
         self.note = routing.describe() + ", decode experts in 2 kernels"
 
-    def experts_and_combine(self, x: mx.array, indices: mx.array, scores: mx.array) -> mx.array:
-        mlp = self[self.routing.experts]
+    def __call__(self, x: mx.array) -> mx.array:
+        graph = self._graph(x)
+        if graph is None:
+            return super().__call__(x)
+        return self.add_shared_experts(x, graph(x))
+
+    def _graph(self, x: mx.array) -> DecodeGraph | None:
+        """Routing, experts and combine of a decode step as one compiled call (the router
+        matmul, `moe_gating` and the two kernels; see DecodeGraph), where the block is not
+        sharded, in eval mode on MLX-CUDA, with a plain or weight router; else None."""
+        r = self.routing
+        if (
+            self.sharding_group is not None
+            or self.training
+            or r.use_module_router
+            or x.ndim == 0
+            or x.shape[-1] == 0
+            or x.size // x.shape[-1] * r.k > DECODE_MAX_PAIRS
+            or not _backend.on_cuda()
+        ):
+            return None
+        router, mlp = self[r.router], self[r.experts]
+        if not (r.router_is_weight or type(router) in (nn.Linear, nn.QuantizedLinear)):
+            return None
+        if not self._kernels_take(mlp):
+            return None
+        return decode_graph(self, "decode", (router, mlp, mlp["gate_up_proj"], mlp["down_proj"]))
+
+    def decode(self, x: mx.array) -> mx.array:
+        """The routed experts' weighted sum, op by op (what the graph traces)."""
+        scores, indices = self.route(x)
+        return self.experts_and_combine(x, indices, scores)
+
+    def _kernels_take(self, mlp: nn.Module) -> bool:
         checked, ok = self.__dict__["_checked"]
         if checked is not mlp:
             ok = _kernel_experts(mlp)
             object.__setattr__(self, "_checked", (mlp, ok))
+        return ok
+
+    def experts_and_combine(self, x: mx.array, indices: mx.array, scores: mx.array) -> mx.array:
+        mlp = self[self.routing.experts]
+        ok = self._kernels_take(mlp)
         # The kernels have no vjp: training keeps the differentiable path.
         if not ok or self.training or indices.size > DECODE_MAX_PAIRS or not _backend.on_cuda():
             return super().experts_and_combine(x, indices, scores)

@@ -1,0 +1,122 @@
+"""DecodeGraph (a fused module's decode forward as one compiled call) and the patterns that
+use it. The patterns take the graph only on MLX-CUDA; here the backend check is stood in for,
+so the wiring runs on any backend (the kernels fall back to the reference ops)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from types import SimpleNamespace
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+import tiny
+import zmlx_rs
+from zmlx_rs.patterns import Fused, dense_mlp, moe_decode
+from zmlx_rs.patterns._base import DecodeGraph, decode_graph
+
+
+class _Owner(Fused):
+    """Two projections; `forward` raises on a width it was told to refuse."""
+
+    def __init__(self, quantized: bool) -> None:
+        super().__init__(nn.Module())
+        self.a = nn.Linear(32, 40, bias=True)
+        self.b = nn.Linear(40, 8, bias=False)
+        if quantized:
+            nn.quantize(self, group_size=32, bits=4, class_predicate=lambda p, m: p == "a")
+        object.__setattr__(self, "refuse", -1)
+        object.__setattr__(self, "traces", 0)
+
+    def forward(self, x: mx.array) -> mx.array:
+        object.__setattr__(self, "traces", self.traces + 1)
+        if x.shape[0] == self.refuse:
+            raise ValueError("refused")
+        return self["b"](self["a"](x))
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_graph_replays_the_forward_with_the_current_weights(quantized):
+    owner = _Owner(quantized)
+    mods = (owner["a"], owner["b"])
+    graph = decode_graph(owner, "forward", mods)
+    assert decode_graph(owner, "forward", mods) is graph
+    for rows in (1, 3, 1):
+        x = mx.random.normal((rows, 32))
+        assert mx.array_equal(graph(x), owner.forward(x)).item()
+    # Traced once per shape (two shapes), the eager checks above aside.
+    assert owner.traces == 2 + 3
+    # A reassigned weight flows in without a retrace.
+    owner["b"]["weight"] = mx.random.normal((8, 40))
+    x = mx.random.normal((1, 32))
+    traces = owner.traces
+    assert mx.array_equal(graph(x), owner.forward(x)).item()
+    assert owner.traces == traces + 1
+    # A swapped module, or one whose arrays changed, needs a new graph.
+    owner["b"] = nn.Linear(40, 8, bias=False)
+    assert not graph.fits((owner["a"], owner["b"]))
+    fresh = decode_graph(owner, "forward", (owner["a"], owner["b"]))
+    assert fresh is not graph and mx.array_equal(fresh(x), owner.forward(x)).item()
+    owner["b"]["bias"] = mx.zeros((8,))
+    assert not fresh.fits((owner["a"], owner["b"]))
+
+
+def test_a_failed_trace_puts_the_arrays_back():
+    owner = _Owner(False)
+    before = {k: owner["a"][k] for k in owner["a"]}
+    object.__setattr__(owner, "refuse", 5)
+    graph = DecodeGraph(owner, "forward", (owner["a"], owner["b"]))
+    with pytest.raises(ValueError, match="refused"):
+        graph(mx.zeros((5, 32)))
+    assert all(owner["a"][k] is v for k, v in before.items())
+    x = mx.random.normal((2, 32))
+    assert mx.array_equal(graph(x), owner.forward(x)).item()
+
+
+def test_the_graph_does_not_keep_its_owner_alive():
+    owner = _Owner(True)
+    decode_graph(owner, "forward", (owner["a"], owner["b"]))(mx.zeros((1, 32)))
+    gone = weakref.ref(owner)
+    del owner
+    gc.collect()
+    assert gone() is None
+
+
+@pytest.fixture
+def cuda_paths(monkeypatch):
+    """The patterns' CUDA branches on any backend (their kernels run the reference)."""
+    for module in (moe_decode, dense_mlp):
+        monkeypatch.setattr(module, "_backend", SimpleNamespace(on_cuda=lambda: True))
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "llama"])
+def test_patterns_decode_through_the_graph_and_unpatch_bitwise(family, cuda_paths):
+    model = tiny.build(family, bits=4, group_size=32)
+    # 40 tokens: past the MoE kernels' 64 (token, expert) pairs, and more than one row.
+    prompt, token = mx.array([[(7 * i + 3) % 96 for i in range(40)]]), mx.array([[9]])
+    want_prompt, want = model(prompt), model(token)
+    zmlx_rs.patch(model)
+    fused = [
+        m
+        for _, m in model.named_modules()
+        if isinstance(m, moe_decode.FusedMoEDecodeBlock | dense_mlp.FusedGatedMLP)
+    ]
+    assert fused
+    # A prompt runs op by op, one token per row through the graph.
+    assert mx.allclose(model(prompt), want_prompt, rtol=1e-4, atol=1e-4).item()
+    assert not any("_decode_graph" in m.__dict__ for m in fused)
+    for _ in range(2):
+        assert mx.allclose(model(token), want, rtol=1e-4, atol=1e-4).item()
+    assert all("_decode_graph" in m.__dict__ for m in fused)
+    zmlx_rs.unpatch(model)
+    assert mx.array_equal(model(token), want).item()
+    assert mx.array_equal(model(prompt), want_prompt).item()
+
+
+def test_training_mode_runs_op_by_op(cuda_paths):
+    model = tiny.build("qwen3_moe", bits=4, group_size=32)
+    zmlx_rs.patch(model)
+    model.train()
+    model(mx.array([[9]]))
+    assert not any("_decode_graph" in m.__dict__ for _, m in model.named_modules())
