@@ -13,8 +13,16 @@ import mlx.nn as nn
 import pytest
 import tiny
 import zmlx_rs
-from zmlx_rs.patterns import Fused, dense_mlp, moe_decode
+from zmlx_rs import ZmlxError
+from zmlx_rs.patterns import Fused, dense_mlp, moe_decode, use_decode_graphs
 from zmlx_rs.patterns._base import DecodeGraph, decode_graph
+
+
+@pytest.fixture(autouse=True)
+def graphs_on():
+    use_decode_graphs(True)
+    yield
+    use_decode_graphs(False)
 
 
 class _Owner(Fused):
@@ -120,3 +128,13 @@ def test_training_mode_runs_op_by_op(cuda_paths):
     model.train()
     model(mx.array([[9]]))
     assert not any("_decode_graph" in m.__dict__ for _, m in model.named_modules())
+
+
+def test_graphs_are_off_by_default_and_the_switch_checks_its_argument(cuda_paths):
+    use_decode_graphs(False)
+    model = tiny.build("qwen3_moe", bits=4, group_size=32)
+    zmlx_rs.patch(model)
+    model(mx.array([[9]]))
+    assert not any("_decode_graph" in m.__dict__ for _, m in model.named_modules())
+    with pytest.raises(ZmlxError, match="'enabled' must be a bool"):
+        use_decode_graphs(1)

@@ -12,6 +12,8 @@ import mlx.nn as nn
 from mlx.nn.layers.distributed import AllToShardedLinear, QuantizedAllToShardedLinear
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 
+from zmlx_rs.errors import ZmlxError
+
 __all__ = [
     "OK",
     "DecodeGraph",
@@ -21,6 +23,7 @@ __all__ = [
     "fuse_outputs",
     "linear_mismatch",
     "unfuse_outputs",
+    "use_decode_graphs",
 ]
 
 OK = "ok"
@@ -166,8 +169,24 @@ class DecodeGraph:
         return self._fn(x, *[m[k] for m, k in self._slots])
 
 
-def decode_graph(owner: Fused, method: str, modules: Sequence[nn.Module]) -> DecodeGraph:
-    """The owner's `DecodeGraph` for `modules`, built on first use and whenever they change."""
+# Off until a GPU run has checked the graphs against the op-by-op path (the mechanism is
+# tested on the CPU with the reference kernels): `use_decode_graphs(True)` turns them on.
+_DECODE_GRAPHS = [False]
+
+
+def use_decode_graphs(enabled: bool) -> None:
+    """Whether `moe_decode` and `dense_mlp` replay their decode forward as one compiled call
+    (`DecodeGraph`) on MLX-CUDA; off by default. Takes effect at the next call."""
+    if not isinstance(enabled, bool):
+        raise ZmlxError(f"use_decode_graphs(): 'enabled' must be a bool, got {enabled!r}")
+    _DECODE_GRAPHS[0] = enabled
+
+
+def decode_graph(owner: Fused, method: str, modules: Sequence[nn.Module]) -> DecodeGraph | None:
+    """The owner's `DecodeGraph` for `modules`, built on first use and whenever they change;
+    None while decode graphs are off (see `use_decode_graphs`)."""
+    if not _DECODE_GRAPHS[0]:
+        return None
     graph = owner.__dict__.get("_decode_graph")
     if graph is None or not graph.fits(modules):
         graph = DecodeGraph(owner, method, modules)

@@ -203,7 +203,9 @@ class FusedGatedMLP(Fused):
         if not self.training and x.ndim >= 2 and x.shape[-2] == 1 and _backend.on_cuda():
             gate_up, down = self["gate_up_proj"], self["down_proj"]
             if type(gate_up) in _GRAPH_LINEARS and type(down) in _GRAPH_LINEARS:
-                return decode_graph(self, "forward", (gate_up, down))(x)
+                graph = decode_graph(self, "forward", (gate_up, down))
+                if graph is not None:
+                    return graph(x)
         return self.forward(x)
 
     def forward(self, x: mx.array) -> mx.array:
