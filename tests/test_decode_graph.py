@@ -13,8 +13,10 @@ import mlx.nn as nn
 import pytest
 import tiny
 import zmlx_rs
+from mlx_lm.generate import generate_step
+from mlx_lm.models.cache import make_prompt_cache
 from zmlx_rs import ZmlxError
-from zmlx_rs.patterns import Fused, dense_mlp, moe_decode, use_decode_graphs
+from zmlx_rs.patterns import Fused, attention_qkv, dense_mlp, moe_decode, use_decode_graphs
 from zmlx_rs.patterns._base import DecodeGraph, decode_graph
 
 
@@ -94,11 +96,11 @@ def test_the_graph_does_not_keep_its_owner_alive():
 @pytest.fixture
 def cuda_paths(monkeypatch):
     """The patterns' CUDA branches on any backend (their kernels run the reference)."""
-    for module in (moe_decode, dense_mlp):
+    for module in (moe_decode, dense_mlp, attention_qkv):
         monkeypatch.setattr(module, "_backend", SimpleNamespace(on_cuda=lambda: True))
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "llama"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "llama", "qwen3"])
 def test_patterns_decode_through_the_graph_and_unpatch_bitwise(family, cuda_paths):
     model = tiny.build(family, bits=4, group_size=32)
     # 40 tokens: past the MoE kernels' 64 (token, expert) pairs, and more than one row.
@@ -109,8 +111,9 @@ def test_patterns_decode_through_the_graph_and_unpatch_bitwise(family, cuda_path
         m
         for _, m in model.named_modules()
         if isinstance(m, moe_decode.FusedMoEDecodeBlock | dense_mlp.FusedGatedMLP)
+        or (isinstance(m, attention_qkv.FusedQKVAttention) and m.fuses_front(mx.float32))
     ]
-    assert fused
+    assert len({type(m) for m in fused}) >= 2
     # A prompt runs op by op, one token per row through the graph.
     assert mx.allclose(model(prompt), want_prompt, rtol=1e-4, atol=1e-4).item()
     assert not any("_decode_graph" in m.__dict__ for m in fused)
@@ -138,3 +141,21 @@ def test_graphs_are_off_by_default_and_the_switch_checks_its_argument(cuda_paths
     assert not any("_decode_graph" in m.__dict__ for _, m in model.named_modules())
     with pytest.raises(ZmlxError, match="'enabled' must be a bool"):
         use_decode_graphs(1)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "llama", "qwen3"])
+def test_greedy_decode_with_a_cache_keeps_the_tokens(family, cuda_paths):
+    model = tiny.build(family, bits=4, group_size=32)
+    prompt = mx.array([(3 * i + 2) % 96 for i in range(10)])
+
+    def greedy() -> list[int]:
+        cache = make_prompt_cache(model)
+        return [int(t) for t, _ in generate_step(prompt, model, max_tokens=12, prompt_cache=cache)]
+
+    want = greedy()
+    zmlx_rs.patch(model)
+    assert greedy() == want
+    graphs = [m for _, m in model.named_modules() if "_decode_graph" in m.__dict__]
+    assert graphs
+    zmlx_rs.unpatch(model)
+    assert greedy() == want

@@ -862,7 +862,9 @@ def _require_rope(op: str, base: Any, scale: Any, traditional: Any) -> None:
         raise _native.ZmlxError(f"{op}(): 'traditional' must be a bool, got {traditional!r}")
 
 
-def _offset_array(op: str, offset: int | mx.array) -> mx.array:
+def offset_array(op: str, offset: int | mx.array) -> mx.array:
+    """A rope kernel's `offset` as the int32 array it reads (one array per int offset,
+    reused while the offset stays); `op` names the caller in errors."""
     global _LAST_OFFSET
     if isinstance(offset, mx.array):
         # Another integer type (a batch cache's offsets) as the kernels read it; floats are
@@ -898,7 +900,7 @@ def qkv_rope(
     transposes and ``mx.fast.rope``. Inference only (no vjp).
     """
     op = "qkv_rope"
-    off = _offset_array(op, offset)
+    off = offset_array(op, offset)
     try:
         key: tuple = (qkv.shape, qkv.dtype, off.shape, off.dtype, n_heads, n_kv_heads)
         key += (head_dim, base, scale, traditional)
@@ -950,7 +952,7 @@ def qk_norm_rope(
     kernel with MLX's RMSNorm and rope arithmetic; elsewhere the MLX ops. Inference only.
     """
     op = "qk_norm_rope"
-    off = _offset_array(op, offset)
+    off = offset_array(op, offset)
     try:
         key: tuple = (qkv.shape, qkv.dtype, q_weight.shape, q_weight.dtype, k_weight.shape)
         key += (k_weight.dtype, off.shape, off.dtype, eps, n_heads, n_kv_heads)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -128,45 +129,50 @@ class DecodeGraph:
     build and encode, and a kernel call through its own compiled function costs more than a
     built-in op. Traced once per input shape, the forward's ops (matmuls, catalog kernels)
     replay from one call with the weights as explicit inputs: the same primitives in the same
-    order, so the same numbers. The forward must be pure in `x` and the arrays of `modules`
-    (read at the call, so reassigned weights are used) and must not hold elementwise MLX ops
-    the compiler could fuse. `fits` says whether the graph was built for these `modules`
-    (the same objects with the same keys); build a new one when not.
+    order, so the same numbers. `method` takes `args` arrays (what varies per call) and returns
+    an array or a tuple of them; it must be pure in those and the arrays of `modules` (read at
+    each call, so reassigned weights are used) and must not hold elementwise MLX ops the
+    compiler could fuse. `fits` says whether the graph was built for these `modules` (the same
+    objects with the same keys); build a new one when not.
 
     The graph holds its owner weakly (no cycle through the compiled function), and while a
     trace runs it puts tracers in the modules' places, restoring the arrays even if the
     forward raises.
     """
 
-    __slots__ = ("_fn", "_modules", "_sizes", "_slots")
+    __slots__ = ("_args", "_fn", "_modules", "_sizes", "_slots")
 
-    def __init__(self, owner: nn.Module, method: str, modules: Sequence[nn.Module]) -> None:
+    def __init__(
+        self, owner: nn.Module, method: str, modules: Sequence[nn.Module], args: int = 1
+    ) -> None:
+        self._args = args
         self._modules = tuple(modules)
         self._sizes = tuple(len(m) for m in modules)
         self._slots = [(m, k) for m in modules for k, v in m.items() if isinstance(v, mx.array)]
         slots, ref = self._slots, weakref.ref(owner)
 
-        def trace(x: mx.array, *arrays: mx.array) -> mx.array:
+        def trace(*arrays: mx.array) -> Any:
             saved = [m[k] for m, k in slots]
             try:
-                for (m, k), a in zip(slots, arrays, strict=True):
+                for (m, k), a in zip(slots, arrays[args:], strict=True):
                     m[k] = a
-                return getattr(ref(), method)(x)
+                return getattr(ref(), method)(*arrays[:args])
             finally:
                 for (m, k), a in zip(slots, saved, strict=True):
                     m[k] = a
 
         self._fn = mx.compile(trace)
 
-    def fits(self, modules: Sequence[nn.Module]) -> bool:
+    def fits(self, modules: Sequence[nn.Module], args: int = 1) -> bool:
         return (
-            len(modules) == len(self._modules)
+            args == self._args
+            and len(modules) == len(self._modules)
             and all(a is b for a, b in zip(modules, self._modules, strict=True))
             and all(len(m) == n for m, n in zip(modules, self._sizes, strict=True))
         )
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return self._fn(x, *[m[k] for m, k in self._slots])
+    def __call__(self, *xs: mx.array) -> Any:
+        return self._fn(*xs, *[m[k] for m, k in self._slots])
 
 
 # Off until a GPU run has checked the graphs against the op-by-op path (the mechanism is
@@ -182,14 +188,17 @@ def use_decode_graphs(enabled: bool) -> None:
     _DECODE_GRAPHS[0] = enabled
 
 
-def decode_graph(owner: Fused, method: str, modules: Sequence[nn.Module]) -> DecodeGraph | None:
-    """The owner's `DecodeGraph` for `modules`, built on first use and whenever they change;
-    None while decode graphs are off (see `use_decode_graphs`)."""
+def decode_graph(
+    owner: Fused, method: str, modules: Sequence[nn.Module], args: int = 1
+) -> DecodeGraph | None:
+    """The owner's `DecodeGraph` of `method` (taking `args` arrays) for `modules`, built on
+    first use and whenever they change; None while decode graphs are off (see
+    `use_decode_graphs`)."""
     if not _DECODE_GRAPHS[0]:
         return None
     graph = owner.__dict__.get("_decode_graph")
-    if graph is None or not graph.fits(modules):
-        graph = DecodeGraph(owner, method, modules)
+    if graph is None or not graph.fits(modules, args):
+        graph = DecodeGraph(owner, method, modules, args)
         object.__setattr__(owner, "_decode_graph", graph)
     return graph
 

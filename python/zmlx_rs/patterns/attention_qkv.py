@@ -20,15 +20,19 @@ import mlx.nn as nn
 from mlx_lm.models import llama, qwen3
 from mlx_lm.models.base import scaled_dot_product_attention
 
+from zmlx_rs import _backend, kernels
 from zmlx_rs.patterns._base import (
     DENSE_LINEARS,
     OK,
+    DecodeGraph,
     Fused,
     Pattern,
+    decode_graph,
     fuse_outputs,
     linear_mismatch,
     unfuse_outputs,
 )
+from zmlx_rs.patterns.qmv import GRAPH_LINEARS, same_dtype_out
 
 __all__ = ["AttentionQKV", "FusedQKVAttention", "attend", "attend_rotated"]
 
@@ -108,12 +112,42 @@ class FusedQKVAttention(Fused):
         self.note = "q|k|v -> qkv_proj"
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+        offset = 0 if cache is None else cache.offset
+        graph = self._front_graph(x)
+        if graph is not None:
+            q, k, v = graph(x, kernels.offset_array(self.pattern, offset))
+            return attend_rotated(self, q, k, v, mask, cache)
         qkv = self["qkv_proj"](x)
         if not self.training and qkv.shape[1] == 1:
-            front = self.decode_front(qkv, 0 if cache is None else cache.offset)
+            front = self.decode_front(qkv, offset)
             if front is not None:
                 return attend_rotated(self, *front, mask, cache)
         return attend(self, *self.heads(qkv), mask, cache)
+
+    def fuses_front(self, dtype: mx.Dtype) -> bool:
+        """Whether `decode_front` runs a kernel for a projection output of `dtype` (here:
+        never)."""
+        return False
+
+    def _front_graph(self, x: mx.array) -> DecodeGraph | None:
+        """At one token per row in eval mode on MLX-CUDA, the projection and `decode_front`'s
+        kernel as one compiled call (see DecodeGraph), where the front is a kernel; else
+        None."""
+        if self.training or x.ndim != 3 or x.shape[1] != 1 or not _backend.on_cuda():
+            return None
+        proj = self["qkv_proj"]
+        if type(proj) not in GRAPH_LINEARS or not same_dtype_out(proj, x.dtype):
+            return None
+        if not self.fuses_front(x.dtype):
+            return None
+        norms = (self["q_norm"], self["k_norm"]) if self.qk_norm else ()
+        return decode_graph(self, "graph_front", (proj, *norms), args=2)
+
+    def graph_front(self, x: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """What the front graph traces: the projection, then `decode_front`."""
+        front = self.decode_front(self["qkv_proj"](x), offset)
+        assert front is not None  # fuses_front said so
+        return front
 
     def decode_front(
         self, qkv: mx.array, offset: int | mx.array

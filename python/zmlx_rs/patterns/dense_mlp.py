@@ -31,12 +31,10 @@ from zmlx_rs.patterns._base import (
     linear_mismatch,
     unfuse_outputs,
 )
-from zmlx_rs.patterns.qmv import FusedQuantizedLinear
+from zmlx_rs.patterns.qmv import GRAPH_LINEARS
 
 __all__ = ["DenseMLP", "FusedGatedMLP"]
 
-# Projections a decode graph may hold: matmuls and the qmv kernel, no elementwise ops.
-_GRAPH_LINEARS = (nn.Linear, nn.QuantizedLinear, FusedQuantizedLinear)
 # The activation helpers mlx-lm models call on the gate, by the name the kernels use.
 _GLU_HELPERS = {activations.swiglu: "silu"}
 _GATE_ACTIVATIONS = {nn.silu: "silu", nn.gelu: "gelu", nn.gelu_approx: "gelu_approx"}
@@ -202,7 +200,7 @@ class FusedGatedMLP(Fused):
         # LoRA or sharded layer holds elementwise ops or collectives: op by op).
         if not self.training and x.ndim >= 2 and x.shape[-2] == 1 and _backend.on_cuda():
             gate_up, down = self["gate_up_proj"], self["down_proj"]
-            if type(gate_up) in _GRAPH_LINEARS and type(down) in _GRAPH_LINEARS:
+            if type(gate_up) in GRAPH_LINEARS and type(down) in GRAPH_LINEARS:
                 graph = decode_graph(self, "forward", (gate_up, down))
                 if graph is not None:
                     return graph(x)

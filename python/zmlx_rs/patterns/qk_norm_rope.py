@@ -29,6 +29,9 @@ class FusedQKNormRopeAttention(FusedQKNormAttention):
         super().__init__(original, qkv_proj, widths)
         self.note = "q|k|v -> qkv_proj; split, heads, q_norm, k_norm, rope -> qk_norm_rope"
 
+    def fuses_front(self, dtype: mx.Dtype) -> bool:
+        return dtype == self["q_norm"]["weight"].dtype == self["k_norm"]["weight"].dtype
+
     def decode_front(
         self, qkv: mx.array, offset: int | mx.array
     ) -> tuple[mx.array, mx.array, mx.array] | None:

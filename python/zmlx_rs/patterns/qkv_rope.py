@@ -35,6 +35,9 @@ class FusedRopeAttention(FusedQKVAttention):
         super().__init__(original, qkv_proj, widths)
         self.note = "q|k|v -> qkv_proj; split, heads, rope -> qkv_rope at decode"
 
+    def fuses_front(self, dtype: mx.Dtype) -> bool:
+        return True
+
     def decode_front(
         self, qkv: mx.array, offset: int | mx.array
     ) -> tuple[mx.array, mx.array, mx.array] | None:

@@ -22,7 +22,7 @@ import mlx.nn as nn
 from zmlx_rs import _backend, kernels
 from zmlx_rs.patterns._base import OK, Fused, Pattern
 
-__all__ = ["QMV", "FusedQuantizedLinear"]
+__all__ = ["GRAPH_LINEARS", "QMV", "FusedQuantizedLinear", "same_dtype_out"]
 
 _MLX_QMV_MAX = 16_384
 _GROUP_SIZES = (32, 64, 128)
@@ -56,6 +56,18 @@ class FusedQuantizedLinear(Fused, nn.QuantizedLinear):
             )
             return y + self["bias"] if "bias" in self else y
         return nn.QuantizedLinear.__call__(self, x)
+
+
+# Projections a decode graph may hold (see patterns._base.DecodeGraph): a matmul or the qmv
+# kernel, no elementwise ops (a LoRA layer adds some) and no collectives (sharded layers).
+GRAPH_LINEARS = (nn.Linear, nn.QuantizedLinear, FusedQuantizedLinear)
+
+
+def same_dtype_out(layer: nn.Module, dtype: mx.Dtype) -> bool:
+    """Whether a GRAPH_LINEARS layer maps inputs of `dtype` to outputs of `dtype`."""
+    arrays = (layer["scales"],) if "scales" in layer else (layer["weight"],)
+    arrays += (layer["bias"],) if "bias" in layer else ()
+    return all(a.dtype == dtype for a in arrays)
 
 
 class QMV(Pattern):
