@@ -114,3 +114,16 @@ def test_step_profile_benchmark_writes_json(tmp_path):
         assert row["nodes_per_decode_step"][config] > 0
         m = row["median_us"][config]
         assert 0 < m["build"] < m["step"] and len(row["rounds_us"][config]) == 1
+
+
+def test_decode_graphs_benchmark_writes_json(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "decode_graphs.py"
+    cmd = [sys.executable, str(script), "--models", "qwen3-0.6b", "--layers", "1"]
+    cmd += ["--rounds", "1", "--tokens", "4", "--check-steps", "2", "--scaled"]
+    cmd += ["--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300).stdout
+    assert "graphs/patched" in out
+    (written,) = tmp_path.glob("decode_graphs-*.json")
+    row = json.loads(written.read_text())["models"][0]
+    assert row["model"] == "qwen3-0.6b" and row["patched"] and row["graphs_bitwise"]
+    assert all(len(row["tokens_per_s"][c]) == 1 for c in ("unpatched", "patched", "graphs"))
