@@ -16,7 +16,14 @@ import zmlx_rs
 from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 from zmlx_rs import ZmlxError
-from zmlx_rs.patterns import Fused, attention_qkv, dense_mlp, moe_decode, use_decode_graphs
+from zmlx_rs.patterns import (
+    Fused,
+    add_norm,
+    attention_qkv,
+    dense_mlp,
+    moe_decode,
+    use_decode_graphs,
+)
 from zmlx_rs.patterns._base import DecodeGraph, decode_graph
 
 
@@ -110,10 +117,13 @@ def test_patterns_decode_through_the_graph_and_unpatch_bitwise(family, cuda_path
     fused = [
         m
         for _, m in model.named_modules()
-        if isinstance(m, moe_decode.FusedMoEDecodeBlock | dense_mlp.FusedGatedMLP)
+        if isinstance(
+            m,
+            moe_decode.FusedMoEDecodeBlock | dense_mlp.FusedGatedMLP | add_norm.FusedAddNormBlock,
+        )
         or (isinstance(m, attention_qkv.FusedQKVAttention) and m.fuses_front(mx.float32))
     ]
-    assert len({type(m) for m in fused}) >= 2
+    assert len({type(m) for m in fused}) >= 3
     # A prompt runs op by op, one token per row through the graph.
     assert mx.allclose(model(prompt), want_prompt, rtol=1e-4, atol=1e-4).item()
     assert not any("_decode_graph" in m.__dict__ for m in fused)

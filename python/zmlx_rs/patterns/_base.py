@@ -21,6 +21,7 @@ __all__ = [
     "Fused",
     "Pattern",
     "decode_graph",
+    "decode_graphs_on",
     "fuse_outputs",
     "linear_mismatch",
     "unfuse_outputs",
@@ -186,6 +187,11 @@ def use_decode_graphs(enabled: bool) -> None:
     if not isinstance(enabled, bool):
         raise ZmlxError(f"use_decode_graphs(): 'enabled' must be a bool, got {enabled!r}")
     _DECODE_GRAPHS[0] = enabled
+
+
+def decode_graphs_on() -> bool:
+    """Whether decode graphs are on (see `use_decode_graphs`)."""
+    return _DECODE_GRAPHS[0]
 
 
 def decode_graph(

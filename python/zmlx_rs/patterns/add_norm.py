@@ -32,7 +32,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from zmlx_rs import _native, kernels
-from zmlx_rs.patterns._base import OK, Fused, Pattern
+from zmlx_rs.patterns._base import OK, DecodeGraph, Fused, Pattern, decode_graph
 
 __all__ = ["AddNorm", "FusedAddNormBlock"]
 
@@ -113,25 +113,44 @@ class FusedAddNormBlock(Fused):
             normed_x = self["input_layernorm"](x)
         r = self["self_attn"](normed_x, mask, cache)
         norm = self["post_attention_layernorm"]
-        weight = norm["weight"]
-        mlp = self[self.mlp_attr]
         # The kernel wants one dtype for the stream, the branch and the norm's weight (mlx-lm
         # models keep them so); anything else, and training, runs MLX's ops.
-        if self.training or not x.dtype == r.dtype == weight.dtype:
+        if self.training or not x.dtype == r.dtype == norm["weight"].dtype:
             h = x + r
-            return h + mlp(norm(h))
-        h, normed = kernels.add_rms_norm(x, r, weight, norm.eps)
-        r = mlp(normed)
+            return h + self[self.mlp_attr](norm(h))
+        graph = self._tail_graph(x)
+        outs = self.tail(x, r) if graph is None else graph(x, r)
+        if len(outs) == 2:
+            self.next_block.__dict__["_handed"] = outs
+        return outs[0]
+
+    def tail(self, x: mx.array, r: mx.array) -> tuple[mx.array, ...]:
+        """The block after attention: the add and post-attention norm (one kernel), the MLP,
+        and its closing add; with a linked next block, that add and the next block's input
+        norm (one kernel), as (out, normed out); else (out,)."""
+        norm = self["post_attention_layernorm"]
+        h, normed = kernels.add_rms_norm(x, r, norm["weight"], norm.eps)
+        r = self[self.mlp_attr](normed)
         following = self.next_block
         if following is None:
-            return h + r
+            return (h + r,)
         norm = following["input_layernorm"]
         weight = norm["weight"]
         if not h.dtype == r.dtype == weight.dtype:
-            return h + r
-        out, normed_out = kernels.add_rms_norm(h, r, weight, norm.eps)
-        following.__dict__["_handed"] = (out, normed_out)
-        return out
+            return (h + r,)
+        return kernels.add_rms_norm(h, r, weight, norm.eps)
+
+    def _tail_graph(self, x: mx.array) -> DecodeGraph | None:
+        """`tail` as one compiled call (see DecodeGraph) where the MLP runs as a decode
+        graph itself (it says which modules it reads: `graph_modules`); else None."""
+        graph_modules = getattr(self[self.mlp_attr], "graph_modules", None)
+        modules = None if graph_modules is None else graph_modules(x)
+        if modules is None:
+            return None
+        norms = (self["post_attention_layernorm"],)
+        if self.next_block is not None:
+            norms += (self.next_block["input_layernorm"],)
+        return decode_graph(self, "tail", (*norms, *modules), args=2)
 
 
 class AddNorm(Pattern):

@@ -27,6 +27,7 @@ from zmlx_rs.patterns._base import (
     Fused,
     Pattern,
     decode_graph,
+    decode_graphs_on,
     fuse_outputs,
     linear_mismatch,
     unfuse_outputs,
@@ -195,16 +196,26 @@ class FusedGatedMLP(Fused):
         self.note = f"{activation}, {'+'.join(source[0])} -> gate_up_proj"
 
     def __call__(self, x: mx.array) -> mx.array:
-        # One token per row in eval mode on MLX-CUDA: the two projections and the activation
-        # kernel as one compiled call (see DecodeGraph), for plain and quantized layers (a
-        # LoRA or sharded layer holds elementwise ops or collectives: op by op).
-        if not self.training and x.ndim >= 2 and x.shape[-2] == 1 and _backend.on_cuda():
-            gate_up, down = self["gate_up_proj"], self["down_proj"]
-            if type(gate_up) in GRAPH_LINEARS and type(down) in GRAPH_LINEARS:
-                graph = decode_graph(self, "forward", (gate_up, down))
-                if graph is not None:
-                    return graph(x)
-        return self.forward(x)
+        modules = self.graph_modules(x)
+        graph = None if modules is None else decode_graph(self, "forward", modules)
+        return self.forward(x) if graph is None else graph(x)
+
+    def graph_modules(self, x: mx.array) -> tuple[nn.Module, ...] | None:
+        """The modules a decode graph of `forward` reads for input `x`: with decode graphs
+        on, one token per row in eval mode on MLX-CUDA, plain or quantized projections (a
+        LoRA or sharded layer holds elementwise ops or collectives); else None."""
+        if (
+            not decode_graphs_on()
+            or self.training
+            or x.ndim < 2
+            or x.shape[-2] != 1
+            or not _backend.on_cuda()
+        ):
+            return None
+        gate_up, down = self["gate_up_proj"], self["down_proj"]
+        if type(gate_up) in GRAPH_LINEARS and type(down) in GRAPH_LINEARS:
+            return (gate_up, down)
+        return None
 
     def forward(self, x: mx.array) -> mx.array:
         """The MLP op by op."""

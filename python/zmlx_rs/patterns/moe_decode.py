@@ -20,7 +20,7 @@ import mlx.nn as nn
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 
 from zmlx_rs import _backend, kernels
-from zmlx_rs.patterns._base import OK, DecodeGraph, decode_graph
+from zmlx_rs.patterns._base import OK, decode_graph, decode_graphs_on
 from zmlx_rs.patterns.moe import _ROUTING, FusedMoEBlock, FusedSwitchGLU, MoEBlock, MoEExperts
 
 __all__ = ["DECODE_MAX_PAIRS", "FusedMoEDecodeBlock", "MoEDecode"]
@@ -71,24 +71,27 @@ class FusedMoEDecodeBlock(FusedMoEBlock):
         self.note = routing.describe() + ", decode experts in 2 kernels"
 
     def __call__(self, x: mx.array) -> mx.array:
-        graph = self._graph(x)
-        if graph is None:
-            return super().__call__(x)
-        return self.add_shared_experts(x, graph(x))
+        modules = self.graph_modules(x)
+        graph = None if modules is None else decode_graph(self, "decode", modules)
+        return super().__call__(x) if graph is None else graph(x)
 
-    def _graph(self, x: mx.array) -> DecodeGraph | None:
-        """Routing, experts and combine of a decode step as one compiled call (the router
-        matmul, `moe_gating` and the two kernels; see DecodeGraph), where the block is not
-        sharded, in eval mode on MLX-CUDA, with a plain or weight router; else None."""
+    def graph_modules(self, x: mx.array) -> tuple[nn.Module, ...] | None:
+        """The modules a decode graph of `decode` (router matmul, `moe_gating`, the two
+        kernels) reads for input `x`: with decode graphs on, at decode sizes in eval mode on
+        MLX-CUDA, for a block without shared experts or sharding and with a plain or weight
+        router; else None."""
         r = self.routing
         if (
-            self.sharding_group is not None
+            not decode_graphs_on()
+            or self.sharding_group is not None
             or self.training
             or r.use_module_router
             or x.ndim == 0
             or x.shape[-1] == 0
             or x.size // x.shape[-1] * r.k > DECODE_MAX_PAIRS
             or not _backend.on_cuda()
+            or "shared_experts" in self
+            or "shared_expert" in self
         ):
             return None
         router, mlp = self[r.router], self[r.experts]
@@ -96,7 +99,7 @@ class FusedMoEDecodeBlock(FusedMoEBlock):
             return None
         if not self._kernels_take(mlp):
             return None
-        return decode_graph(self, "decode", (router, mlp, mlp["gate_up_proj"], mlp["down_proj"]))
+        return (router, mlp, mlp["gate_up_proj"], mlp["down_proj"])
 
     def decode(self, x: mx.array) -> mx.array:
         """The routed experts' weighted sum, op by op (what the graph traces)."""
