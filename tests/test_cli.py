@@ -10,6 +10,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
+import zmlx_rs
 from mlx.utils import tree_flatten
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 from tiny import _COMMON, build
@@ -97,6 +98,10 @@ def test_e2e_benchmark_takes_a_pattern_set(tmp_path):
     result = bench.main([*args, "--patterns=add_norm,dense_mlp"])
     assert result["patterns"] == ["add_norm", "dense_mlp"]
     assert result["rows"][0]["patched"] == {"add_norm": 1, "dense_mlp": 1}
+    assert result["decode_graphs"] is False
+    result = bench.main([*args, "--patterns=add_norm,dense_mlp", "--decode-graphs"])
+    assert result["decode_graphs"] is True and result["rows"][0]["numerics"]["ok"]
+    assert not zmlx_rs.patterns.decode_graphs_on()  # put back as it was
     with pytest.raises(SystemExit, match="--patterns"):
         bench.main([*args, "--patterns=nope"])
 

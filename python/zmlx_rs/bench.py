@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'all' for every registered pattern, the opt-in ones included",
     )
     parser.add_argument(
+        "--decode-graphs",
+        action="store_true",
+        help="patched models replay their decode forwards as compiled calls "
+        "(zmlx_rs.patterns.use_decode_graphs)",
+    )
+    parser.add_argument(
         "--scaled", action="store_true", default=None, help="scaled-down shapes (CPU default)"
     )
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON result")
@@ -225,38 +231,45 @@ def run(args: argparse.Namespace, *, default_out: Path | None = None) -> dict:
     start = time.perf_counter()
     deadline = start + args.budget
     rows = []
-    for i, name in enumerate(names):
-        # Each model gets an equal share of what is left, so one slow model cannot starve
-        # the others; the rounds stop early (after two) when the share is spent.
-        share = (deadline - time.perf_counter()) / (len(names) - i)
-        print(f"[e2e] {name}: building", flush=True)
-        row = run_model(
-            name,
-            layers=args.layers,
-            rounds=args.rounds,
-            tokens=args.tokens,
-            prefill=args.prefill,
-            check_steps=args.check_steps,
-            deadline=time.perf_counter() + share,
-            smart=args.smart,
-            scaled=scaled,
-            patterns=chosen,
-        )
-        d = row["decode"]
-        print(
-            f"[e2e] {name}: decode {d['median_ratio']:.3f}x "
-            f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}], nodes "
-            f"{row['nodes_per_decode_step']['unpatched']['nodes']} -> "
-            f"{row['nodes_per_decode_step']['patched']['nodes']}, "
-            f"numerics {'ok' if row['numerics']['ok'] else 'FAILED'} ({row['rounds']} rounds)",
-            flush=True,
-        )
-        rows.append(row)
+    graphs_before = registry.decode_graphs_on()
+    graphs = bool(args.decode_graphs) or graphs_before
+    registry.use_decode_graphs(graphs)
+    try:
+        for i, name in enumerate(names):
+            # Each model gets an equal share of what is left, so one slow model cannot starve
+            # the others; the rounds stop early (after two) when the share is spent.
+            share = (deadline - time.perf_counter()) / (len(names) - i)
+            print(f"[e2e] {name}: building", flush=True)
+            row = run_model(
+                name,
+                layers=args.layers,
+                rounds=args.rounds,
+                tokens=args.tokens,
+                prefill=args.prefill,
+                check_steps=args.check_steps,
+                deadline=time.perf_counter() + share,
+                smart=args.smart,
+                scaled=scaled,
+                patterns=chosen,
+            )
+            d = row["decode"]
+            print(
+                f"[e2e] {name}: decode {d['median_ratio']:.3f}x "
+                f"[{d['ci_low']:.3f}, {d['ci_high']:.3f}], nodes "
+                f"{row['nodes_per_decode_step']['unpatched']['nodes']} -> "
+                f"{row['nodes_per_decode_step']['patched']['nodes']}, "
+                f"numerics {'ok' if row['numerics']['ok'] else 'FAILED'} ({row['rounds']} rounds)",
+                flush=True,
+            )
+            rows.append(row)
+    finally:
+        registry.use_decode_graphs(graphs_before)
     info = mx.device_info() if hasattr(mx, "device_info") else {}
     result = {
         "benchmark": "e2e",
         "mode": "smart_patch" if args.smart else "patch",
         "patterns": chosen,
+        "decode_graphs": graphs,
         "scaled": scaled,
         "rounds_asked": args.rounds,
         "tokens": args.tokens,

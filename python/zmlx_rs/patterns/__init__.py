@@ -5,7 +5,7 @@ every registered pattern in `ALL` order (outer blocks before the modules inside 
 from __future__ import annotations
 
 from zmlx_rs.errors import ZmlxError
-from zmlx_rs.patterns._base import OK, Fused, Pattern, use_decode_graphs
+from zmlx_rs.patterns._base import OK, Fused, Pattern, decode_graphs_on, use_decode_graphs
 from zmlx_rs.patterns.add_norm import AddNorm
 from zmlx_rs.patterns.attention_qkv import AttentionQKV
 from zmlx_rs.patterns.dense_mlp import DenseMLP
@@ -16,7 +16,17 @@ from zmlx_rs.patterns.qk_norm_rope import QKNormRope
 from zmlx_rs.patterns.qkv_rope import QKVRope
 from zmlx_rs.patterns.qmv import QMV
 
-__all__ = ["ALL", "OK", "Fused", "Pattern", "get", "names", "register", "use_decode_graphs"]
+__all__ = [
+    "ALL",
+    "OK",
+    "Fused",
+    "Pattern",
+    "decode_graphs_on",
+    "get",
+    "names",
+    "register",
+    "use_decode_graphs",
+]
 
 # add_norm first: it takes the decoder blocks, outside everything else. Then moe_decode: it
 # takes the MoE blocks with quantised experts its kernels run (measured faster than moe_block
