@@ -169,3 +169,27 @@ def test_greedy_decode_with_a_cache_keeps_the_tokens(family, cuda_paths):
     assert graphs
     zmlx_rs.unpatch(model)
     assert greedy() == want
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "llama", "qwen3"])
+def test_cuda_graphs_replay_the_op_by_op_logits_bitwise(family):
+    """bf16, 4-bit, default patterns (moe_decode included): the logits of a prompt and three
+    decode steps with decode graphs on are those with them off, bit for bit."""
+    model = tiny.build(family, bits=4, group_size=64, hidden_size=256, intermediate_size=512)
+    model.set_dtype(mx.bfloat16)
+    zmlx_rs.patch(model)
+
+    def logits(on: bool) -> list[mx.array]:
+        use_decode_graphs(on)
+        cache = make_prompt_cache(model)
+        out = [model(mx.array([[3, 1, 4, 1, 5, 9]]), cache=cache)]
+        for token in (2, 6, 5):
+            out.append(model(mx.array([[token]]), cache=cache))
+        mx.eval(out)
+        return out
+
+    off, on = logits(False), logits(True)
+    assert any("_decode_graph" in m.__dict__ for _, m in model.named_modules())
+    for a, b in zip(off, on, strict=True):
+        assert mx.array_equal(a, b).item()

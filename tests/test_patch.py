@@ -336,10 +336,12 @@ CUDA_SIZES = {
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("graphs", [False, True], ids=["ops", "graphs"])
 @pytest.mark.parametrize("family", ["llama", "qwen3", "qwen3_moe", "mixtral"])
-def test_cuda_every_pattern_keeps_the_logits_bitwise(family):
+def test_cuda_every_pattern_keeps_the_logits_bitwise(family, graphs):
     """bf16, 4-bit: every pattern, the opt-in ones included, rounds where mlx-lm's ops
-    round, so prefill and one-token decode logits are the unpatched model's bit for bit.
+    round, so prefill and one-token decode logits are the unpatched model's bit for bit,
+    op by op and with decode graphs (which replay the same primitives).
     Except moe_decode: at these sizes (fewer than 8 (token, expert) pairs per decode step)
     MLX's gather_qmm runs an fp32 qmv whose order its kernels do not repeat (within
     tolerance: test_moe_qmv.py); where MLX runs its tensor-core kernel they are bitwise
@@ -360,8 +362,15 @@ def test_cuda_every_pattern_keeps_the_logits_bitwise(family):
     assert {"add_norm", "qmv"} <= set(report.counts()), str(report)
     assert family in ("llama", "mixtral") or "qk_norm_rope" in report.counts()
     assert family in ("qwen3", "qwen3_moe") or "qkv_rope" in report.counts()
-    for got, ref in zip(logits(), want, strict=True):
+    patterns.use_decode_graphs(graphs)
+    try:
+        got_logits = logits()
+    finally:
+        patterns.use_decode_graphs(False)
+    for got, ref in zip(got_logits, want, strict=True):
         assert mx.array_equal(got, ref).item()
+    with_graphs = [m for _, m in model.named_modules() if "_decode_graph" in m.__dict__]
+    assert bool(with_graphs) == graphs
 
 
 @pytest.mark.cuda
