@@ -866,6 +866,10 @@ def offset_array(op: str, offset: int | mx.array) -> mx.array:
     """A rope kernel's `offset` as the int32 array it reads (one array per int offset,
     reused while the offset stays); `op` names the caller in errors."""
     global _LAST_OFFSET
+    last, array = _LAST_OFFSET
+    # A decode step's layers all ask for the same int: one check, no validation again.
+    if type(offset) is int and offset == last and array is not None:
+        return array
     if isinstance(offset, mx.array):
         # Another integer type (a batch cache's offsets) as the kernels read it; floats are
         # left for the plan to reject.
@@ -873,10 +877,8 @@ def offset_array(op: str, offset: int | mx.array) -> mx.array:
             return offset.astype(mx.int32)
         return offset
     _require_ints(op, offset=offset)
-    last, array = _LAST_OFFSET
-    if last != offset or array is None:
-        array = mx.array(offset, dtype=mx.int32)
-        _LAST_OFFSET = (offset, array)
+    array = mx.array(offset, dtype=mx.int32)
+    _LAST_OFFSET = (offset, array)
     return array
 
 
