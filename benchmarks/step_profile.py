@@ -2,11 +2,12 @@
 encoding it (`mx.async_eval`: MLX walks the graph and records the kernels on the calling
 thread) and waiting for the device (`mx.synchronize`), per step, in interleaved rounds.
 
-    python benchmarks/step_profile.py --models mistral-7b --rounds 6 --steps 32
+    python benchmarks/step_profile.py --models mistral-7b --rounds 6 --steps 32 [--pipelined]
 
 `generate_step` overlaps the next step's build and encode with this step's device work, so
 its time per token is about max(build + encode, device); a fusion that removes nodes pays
-only where build + encode is the larger. Writes
+only where build + encode is the larger. `--pipelined` times that order itself ("wait" is
+then reading the previous token, "step" the time per token). Writes
 benchmarks/results/step_profile-<time>.json and prints a table (medians over steps, then
 over rounds).
 """
@@ -29,8 +30,13 @@ from zmlx_rs import patterns as registry
 PROMPT = 16
 
 
-def profile_steps(model: Any, steps: int) -> dict[str, float]:
-    """Median microseconds per phase over `steps` greedy decode steps after a prompt."""
+def profile_steps(model: Any, steps: int, pipelined: bool = False) -> dict[str, float]:
+    """Median microseconds per phase over `steps` greedy decode steps after a prompt.
+
+    Synchronous: each step is built, encoded and waited for alone ("wait" is the device's
+    share after encoding). Pipelined: `generate_step`'s order, step n+1 built and encoded
+    before step n's token is read ("wait" is that read), so "step" is the time per token
+    decode really sees."""
     cache = make_prompt_cache(model)
     prompt = measure.prompt_tokens(model, None, PROMPT, seed=1)
     logits = model(prompt[None], cache=cache)
@@ -40,15 +46,20 @@ def profile_steps(model: Any, steps: int) -> dict[str, float]:
     for _ in range(steps):
         t0 = time.perf_counter()
         logits = model(token, cache=cache)
-        token = mx.argmax(logits[:, -1, :], axis=-1, keepdims=True)
+        following = mx.argmax(logits[:, -1, :], axis=-1, keepdims=True)
         t1 = time.perf_counter()
-        mx.async_eval(token)
+        mx.async_eval(following)
         t2 = time.perf_counter()
-        mx.synchronize()
+        if pipelined:
+            token.item()
+        else:
+            mx.synchronize()
         t3 = time.perf_counter()
+        token = following
         for name, dt in (("build", t1 - t0), ("encode", t2 - t1), ("wait", t3 - t2)):
             phases[name].append(dt * 1e6)
         phases["step"].append((t3 - t0) * 1e6)
+    mx.synchronize()
     return {k: statistics.median(v) for k, v in phases.items()}
 
 
@@ -70,7 +81,7 @@ def run_model(name: str, args: argparse.Namespace, scaled: bool) -> dict[str, An
             unpatch(model)
             if config == "patched":
                 patch(model, plan=plan)
-            got = profile_steps(model, args.steps)
+            got = profile_steps(model, args.steps, args.pipelined)
             if r > 0:
                 rounds[config].append(got)
     unpatch(model)
@@ -100,6 +111,11 @@ def main() -> None:
     p.add_argument(
         "--patterns", default=None, help="comma-separated, or 'all' (default: patch's set)"
     )
+    p.add_argument(
+        "--pipelined",
+        action="store_true",
+        help="generate_step's order: the next step built and encoded before this token is read",
+    )
     p.add_argument("--scaled", action="store_true", help="scaled-down fp32 shapes (CPU)")
     p.add_argument("--out", type=Path, default=None, help="folder for the JSON result")
     args = p.parse_args()
@@ -116,6 +132,7 @@ def main() -> None:
         "mlx": mx.__version__,
         "rounds": args.rounds,
         "steps": args.steps,
+        "pipelined": args.pipelined,
         "models": rows,
     }
     name = f"step_profile-{time.strftime('%Y%m%d-%H%M%S')}.json"

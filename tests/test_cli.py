@@ -106,14 +106,18 @@ def test_e2e_benchmark_takes_a_pattern_set(tmp_path):
         bench.main([*args, "--patterns=nope"])
 
 
-def test_step_profile_benchmark_writes_json(tmp_path):
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_step_profile_benchmark_writes_json(tmp_path, pipelined):
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "step_profile.py"
     cmd = [sys.executable, str(script), "--models", "qwen3-0.6b", "--layers", "1"]
     cmd += ["--rounds", "1", "--steps", "2", "--scaled", "--out", str(tmp_path)]
+    cmd += ["--pipelined"] if pipelined else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300).stdout
     assert "build us" in out and "unpatched" in out
     (written,) = tmp_path.glob("step_profile-*.json")
-    row = json.loads(written.read_text())["models"][0]
+    result = json.loads(written.read_text())
+    assert result["pipelined"] is pipelined
+    row = result["models"][0]
     assert row["model"] == "qwen3-0.6b" and row["patched"]
     for config in ("unpatched", "patched"):
         assert row["nodes_per_decode_step"][config] > 0
