@@ -99,6 +99,20 @@ def mlx_qk_rms_norm(qkv, qw, kw):
     return reference.qk_rms_norm(qkv, qw, kw, (1e-6, 1e-6), 32, 4)
 
 
+# Decode-token RoPE fronts at position 4095: Mistral-7B (32 query, 8 key/value heads of 128,
+# base 1e6) and Qwen3-30B-A3B (32 and 4, base 1e6).
+_MISTRAL_ROPE = {"n_heads": 32, "n_kv_heads": 8, "head_dim": 128, "base": 1e6}
+_QWEN3_ROPE = {"n_heads": 32, "n_kv_heads": 4, "base": 1e6}
+
+
+def mlx_qkv_rope(qkv):
+    return reference.qkv_rope(qkv, 4095, **_MISTRAL_ROPE)
+
+
+def mlx_qk_norm_rope(qkv, qw, kw):
+    return reference.qk_norm_rope(qkv, qw, kw, (1e-6, 1e-6), 4095, **_QWEN3_ROPE)
+
+
 def ours(fn: Callable) -> dict[str, Callable]:
     """Our two entry points: the inference kernel (one node) and the differentiable one."""
     return {"ours": partial(fn, differentiable=False), "ours (grad)": fn}
@@ -244,6 +258,37 @@ def cases(quick: bool) -> list[Case]:
                     "compiled": mx.compile(mlx_qk_rms_norm),
                     "ours": partial(
                         kernels.qk_rms_norm, eps=(1e-6, 1e-6), n_heads=32, n_kv_heads=4
+                    ),
+                },
+                lambda a: 2 * a[0].nbytes,
+            )
+        )
+    for phase, b in tok[:2]:  # one token per row: decode and a batch of 32 rows
+        shape = (b, 1, 48 * 128)
+        out.append(
+            (
+                f"qkv_rope mistral-7b {phase}",
+                str(shape),
+                partial(normals, shape),
+                {
+                    "mlx": mlx_qkv_rope,
+                    "compiled": mx.compile(mlx_qkv_rope),
+                    "ours": partial(kernels.qkv_rope, offset=4095, **_MISTRAL_ROPE),
+                },
+                lambda a: 2 * a[0].nbytes,
+            )
+        )
+        shape = (b, 1, 40 * 128)
+        out.append(
+            (
+                f"qk_norm_rope qwen3-30b-a3b {phase}",
+                str(shape),
+                partial(qkv_and_norms, shape, 128),
+                {
+                    "mlx": mlx_qk_norm_rope,
+                    "compiled": mx.compile(mlx_qk_norm_rope),
+                    "ours": partial(
+                        kernels.qk_norm_rope, eps=(1e-6, 1e-6), offset=4095, **_QWEN3_ROPE
                     ),
                 },
                 lambda a: 2 * a[0].nbytes,
