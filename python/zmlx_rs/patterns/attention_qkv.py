@@ -28,6 +28,7 @@ from zmlx_rs.patterns._base import (
     Fused,
     Pattern,
     decode_graph,
+    decode_graphs_on,
     fuse_outputs,
     linear_mismatch,
     unfuse_outputs,
@@ -133,7 +134,13 @@ class FusedQKVAttention(Fused):
         """At one token per row in eval mode on MLX-CUDA, the projection and `decode_front`'s
         kernel as one compiled call (see DecodeGraph), where the front is a kernel; else
         None."""
-        if self.training or x.ndim != 3 or x.shape[1] != 1 or not _backend.on_cuda():
+        if (
+            not decode_graphs_on()
+            or self.training
+            or x.ndim != 3
+            or x.shape[1] != 1
+            or not _backend.on_cuda()
+        ):
             return None
         proj = self["qkv_proj"]
         if type(proj) not in GRAPH_LINEARS or not same_dtype_out(proj, x.dtype):
