@@ -72,11 +72,14 @@ def test_graph_replays_the_forward_with_the_current_weights(quantized):
     assert owner.traces == traces + 1
     # A swapped module, or one whose arrays changed, needs a new graph.
     owner["b"] = nn.Linear(40, 8, bias=False)
-    assert not graph.fits((owner["a"], owner["b"]))
-    fresh = decode_graph(owner, "forward", (owner["a"], owner["b"]))
+    assert not graph.fits("forward", (owner["a"], owner["b"]))
+    mods = (owner["a"], owner["b"])
+    fresh = decode_graph(owner, "forward", mods)
     assert fresh is not graph and mx.array_equal(fresh(x), owner.forward(x)).item()
+    assert fresh.fits("forward", mods)
+    assert not fresh.fits("other", mods) and not fresh.fits("forward", mods, args=2)
     owner["b"]["bias"] = mx.zeros((8,))
-    assert not fresh.fits((owner["a"], owner["b"]))
+    assert not fresh.fits("forward", mods)
 
 
 def test_a_failed_trace_puts_the_arrays_back():

@@ -141,11 +141,12 @@ class DecodeGraph:
     forward raises.
     """
 
-    __slots__ = ("_args", "_fn", "_modules", "_sizes", "_slots")
+    __slots__ = ("_args", "_fn", "_method", "_modules", "_sizes", "_slots")
 
     def __init__(
         self, owner: nn.Module, method: str, modules: Sequence[nn.Module], args: int = 1
     ) -> None:
+        self._method = method
         self._args = args
         self._modules = tuple(modules)
         self._sizes = tuple(len(m) for m in modules)
@@ -164,9 +165,10 @@ class DecodeGraph:
 
         self._fn = mx.compile(trace)
 
-    def fits(self, modules: Sequence[nn.Module], args: int = 1) -> bool:
+    def fits(self, method: str, modules: Sequence[nn.Module], args: int = 1) -> bool:
         return (
-            args == self._args
+            method == self._method
+            and args == self._args
             and len(modules) == len(self._modules)
             and all(a is b for a, b in zip(modules, self._modules, strict=True))
             and all(len(m) == n for m, n in zip(modules, self._sizes, strict=True))
@@ -182,8 +184,9 @@ _DECODE_GRAPHS = [False]
 
 
 def use_decode_graphs(enabled: bool) -> None:
-    """Whether `moe_decode` and `dense_mlp` replay their decode forward as one compiled call
-    (`DecodeGraph`) on MLX-CUDA; off by default. Takes effect at the next call."""
+    """Whether fused modules (moe_decode, dense_mlp, add_norm, qkv_rope, qk_norm_rope)
+    replay their decode forward as one compiled call (`DecodeGraph`) on MLX-CUDA; off by
+    default. Process-wide; takes effect at the next call."""
     if not isinstance(enabled, bool):
         raise ZmlxError(f"use_decode_graphs(): 'enabled' must be a bool, got {enabled!r}")
     _DECODE_GRAPHS[0] = enabled
@@ -203,7 +206,7 @@ def decode_graph(
     if not _DECODE_GRAPHS[0]:
         return None
     graph = owner.__dict__.get("_decode_graph")
-    if graph is None or not graph.fits(modules, args):
+    if graph is None or not graph.fits(method, modules, args):
         graph = DecodeGraph(owner, method, modules, args)
         object.__setattr__(owner, "_decode_graph", graph)
     return graph
