@@ -198,12 +198,12 @@ def decode_graphs_on() -> bool:
 
 
 def decode_graph(
-    owner: Fused, method: str, modules: Sequence[nn.Module], args: int = 1
+    owner: Fused, method: str, modules: Sequence[nn.Module] | None, args: int = 1
 ) -> DecodeGraph | None:
     """The owner's `DecodeGraph` of `method` (taking `args` arrays) for `modules`, built on
-    first use and whenever they change; None while decode graphs are off (see
-    `use_decode_graphs`)."""
-    if not _DECODE_GRAPHS[0]:
+    first use and whenever they change; None for no modules (the caller's finder said this
+    call runs op by op: decode graphs off, training, prefill, ...)."""
+    if modules is None:
         return None
     graph = owner.__dict__.get("_decode_graph")
     if graph is None or not graph.fits(method, modules, args):

@@ -145,12 +145,12 @@ class FusedAddNormBlock(Fused):
         graph itself (it says which modules it reads: `graph_modules`); else None."""
         graph_modules = getattr(self[self.mlp_attr], "graph_modules", None)
         modules = None if graph_modules is None else graph_modules(x)
-        if modules is None:
-            return None
-        norms = (self["post_attention_layernorm"],)
-        if self.next_block is not None:
-            norms += (self.next_block["input_layernorm"],)
-        return decode_graph(self, "tail", (*norms, *modules), args=2)
+        if modules is not None:
+            norms = (self["post_attention_layernorm"],)
+            if self.next_block is not None:
+                norms += (self.next_block["input_layernorm"],)
+            modules = (*norms, *modules)
+        return decode_graph(self, "tail", modules, args=2)
 
 
 class AddNorm(Pattern):

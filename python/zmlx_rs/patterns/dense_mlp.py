@@ -196,8 +196,7 @@ class FusedGatedMLP(Fused):
         self.note = f"{activation}, {'+'.join(source[0])} -> gate_up_proj"
 
     def __call__(self, x: mx.array) -> mx.array:
-        modules = self.graph_modules(x)
-        graph = None if modules is None else decode_graph(self, "forward", modules)
+        graph = decode_graph(self, "forward", self.graph_modules(x))
         return self.forward(x) if graph is None else graph(x)
 
     def graph_modules(self, x: mx.array) -> tuple[nn.Module, ...] | None:

@@ -71,8 +71,7 @@ class FusedMoEDecodeBlock(FusedMoEBlock):
         self.note = routing.describe() + ", decode experts in 2 kernels"
 
     def __call__(self, x: mx.array) -> mx.array:
-        modules = self.graph_modules(x)
-        graph = None if modules is None else decode_graph(self, "decode", modules)
+        graph = decode_graph(self, "decode", self.graph_modules(x))
         return super().__call__(x) if graph is None else graph(x)
 
     def graph_modules(self, x: mx.array) -> tuple[nn.Module, ...] | None:

@@ -35,10 +35,10 @@ class FusedQKNormRopeAttention(FusedQKNormAttention):
     def decode_front(
         self, qkv: mx.array, offset: int | mx.array
     ) -> tuple[mx.array, mx.array, mx.array] | None:
+        if not self.fuses_front(qkv.dtype):
+            return None
         q_norm, k_norm, rope = self["q_norm"], self["k_norm"], self["rope"]
         q_weight, k_weight = q_norm["weight"], k_norm["weight"]
-        if not qkv.dtype == q_weight.dtype == k_weight.dtype:
-            return None
         return kernels.qk_norm_rope(
             qkv,
             q_weight,
