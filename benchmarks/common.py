@@ -82,9 +82,11 @@ def ratio_stats(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(rs), "min": rs[0], "max": rs[-1]}
 
 
-def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
+def write_json(name: str, payload: dict, folder: Path | None = None) -> Path:
+    """Writes `payload` as `name` under `folder` (default: benchmarks/results/)."""
+    folder = RESULTS if folder is None else folder
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     path.write_text(json.dumps(payload, indent=1))
     return path
 

@@ -27,7 +27,7 @@ import mlx.core as mx
 from common import device_name, table, write_json
 from mlx_lm.models.cache import make_prompt_cache
 from zmlx_rs import measure, patch, synthetic, unpatch
-from zmlx_rs import patterns as registry
+from zmlx_rs.bench import pattern_names
 
 PROMPT = 16
 GAP_S = 0.004  # pause after each step: kernels more than 2 ms apart belong to another step
@@ -91,11 +91,7 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path, default=None, help="folder for the JSON result")
     args = p.parse_args()
-    chosen = None
-    if args.patterns == "all":
-        chosen = registry.names()
-    elif args.patterns:
-        chosen = [n.strip() for n in args.patterns.split(",") if n.strip()]
+    chosen = pattern_names(args.patterns)
     try:
         import torch
     except ImportError as e:
@@ -119,12 +115,7 @@ def main() -> None:
         mx.clear_cache()
     payload = {"device": device_name(), "mlx": mx.__version__, "steps": args.steps, "rows": rows}
     name = f"gpu_timeline-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / name
-        path.write_text(json.dumps(payload, indent=1))
-    else:
-        path = write_json(name, payload)
+    path = write_json(name, payload, args.out)
     lines = []
     for row in rows:
         for config in ("unpatched", "patched"):

@@ -15,7 +15,6 @@ over rounds).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import mlx.core as mx
 from common import device_name, table, write_json
 from mlx_lm.models.cache import make_prompt_cache
 from zmlx_rs import _backend, measure, patch, synthetic, unpatch
-from zmlx_rs import patterns as registry
+from zmlx_rs.bench import pattern_names
 
 PROMPT = 16
 
@@ -119,11 +118,7 @@ def main() -> None:
     p.add_argument("--scaled", action="store_true", help="scaled-down fp32 shapes (CPU)")
     p.add_argument("--out", type=Path, default=None, help="folder for the JSON result")
     args = p.parse_args()
-    args.chosen = None
-    if args.patterns == "all":
-        args.chosen = registry.names()
-    elif args.patterns:
-        args.chosen = [n.strip() for n in args.patterns.split(",") if n.strip()]
+    args.chosen = pattern_names(args.patterns)
     scaled = args.scaled or not _backend.HAS_CUDA
     rows = [run_model(n.strip(), args, scaled) for n in args.models.split(",") if n.strip()]
     payload = {
@@ -136,12 +131,7 @@ def main() -> None:
         "models": rows,
     }
     name = f"step_profile-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / name
-        path.write_text(json.dumps(payload, indent=1))
-    else:
-        path = write_json(name, payload)
+    path = write_json(name, payload, args.out)
     lines = []
     for row in rows:
         for config in ("unpatched", "patched"):

@@ -27,7 +27,7 @@ from zmlx_rs import patterns as registry
 from zmlx_rs.patch import patch, unpatch
 from zmlx_rs.smart import smart_patch
 
-__all__ = ["add_arguments", "main", "markdown_table", "run_model"]
+__all__ = ["add_arguments", "main", "markdown_table", "pattern_names", "run_model"]
 
 _DECODE_PROMPT = 32
 
@@ -212,6 +212,20 @@ def main(argv: Sequence[str] | None = None, *, default_out: Path | None = None) 
     return run(args, default_out=default_out)
 
 
+def pattern_names(arg: str | None) -> list[str] | None:
+    """A `--patterns` value: None (patch's default set), "all" (every registered pattern) or
+    comma-separated names, each checked."""
+    if arg == "all":
+        return registry.names()
+    if not arg:
+        return None
+    chosen = [n.strip() for n in arg.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in registry.names()]
+    if unknown:
+        raise SystemExit(f"--patterns: unknown {unknown}; expected {registry.names()}")
+    return chosen
+
+
 def run(args: argparse.Namespace, *, default_out: Path | None = None) -> dict:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in synthetic.SHAPES]
@@ -220,14 +234,7 @@ def run(args: argparse.Namespace, *, default_out: Path | None = None) -> dict:
             f"--models: unknown {unknown}; expected names from {list(synthetic.SHAPES)}"
         )
     scaled = args.scaled if args.scaled is not None else not _backend.HAS_CUDA
-    chosen = None
-    if args.patterns == "all":
-        chosen = registry.names()
-    elif args.patterns:
-        chosen = [n.strip() for n in args.patterns.split(",") if n.strip()]
-        unknown = [n for n in chosen if n not in registry.names()]
-        if unknown:
-            raise SystemExit(f"--patterns: unknown {unknown}; expected {registry.names()}")
+    chosen = pattern_names(args.patterns)
     start = time.perf_counter()
     deadline = start + args.budget
     rows = []
