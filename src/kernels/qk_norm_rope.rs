@@ -90,20 +90,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ROPE: Rope = Rope {
-        base: 1e6,
-        scale: 1.0,
-        traditional: false,
-    };
-
-    fn heads(n_heads: i64, n_kv_heads: i64, head_dim: i64) -> Heads {
-        Heads {
-            n_heads,
-            n_kv_heads,
-            head_dim,
-        }
-    }
+    use crate::kernels::qkv_rope::tests::{heads, ROPE};
 
     #[test]
     fn qwen3_30b_a3b_decode() {

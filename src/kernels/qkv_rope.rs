@@ -147,16 +147,17 @@ pub fn plan(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const ROPE: Rope = Rope {
+    /// Qwen3 / Mistral RoPE settings, and head counts, for the decode-front planners' tests.
+    pub(crate) const ROPE: Rope = Rope {
         base: 1e6,
         scale: 1.0,
         traditional: false,
     };
 
-    fn heads(n_heads: i64, n_kv_heads: i64, head_dim: i64) -> Heads {
+    pub(crate) fn heads(n_heads: i64, n_kv_heads: i64, head_dim: i64) -> Heads {
         Heads {
             n_heads,
             n_kv_heads,
