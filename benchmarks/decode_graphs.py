@@ -44,7 +44,7 @@ def run_model(name: str, args: argparse.Namespace, scaled: bool) -> dict[str, An
     counts = _use(model, "patched", args.chosen)
     off = measure.logit_trace(model, prompt, args.check_steps)
     _use(model, "graphs", args.chosen)
-    on = measure.logit_trace(model, prompt, args.check_steps, feed=off[1][1:])
+    on = measure.logit_trace(model, prompt, args.check_steps, feed=off[1][:-1])
     bitwise = all(mx.array_equal(a, b).item() for a, b in zip(off[0], on[0], strict=True))
     numerics = measure.compare_traces(off, on, dtype)
     graphs = sum("_decode_graph" in m.__dict__ for _, m in model.named_modules())
