@@ -145,10 +145,11 @@ def cases(quick: bool) -> list[Case]:
                     {
                         "mlx": mlx_swiglu,
                         "compiled": mx.compile(mlx_swiglu),
-                        # Our fp32-math reference, one compiled node: what the op could run
-                        # instead of the kernel where the kernel does not win.
+                        # Our fp32-math reference, one compiled node: what the op runs
+                        # below GLU_KERNEL_MIN_SIZE elements; "kernel" forces the kernel.
                         "reference": reference.swiglu,
                         **ours(kernels.swiglu),
+                        "kernel": partial(kernels.swiglu, differentiable=False, kernel=True),
                     },
                     lambda a: 3 * a[0].nbytes,
                 )
@@ -305,6 +306,8 @@ def cases(quick: bool) -> list[Case]:
                 "mlx": partial(mlx_dropout, p=0.1),
                 "compiled": mx.compile(partial(mlx_dropout, p=0.1)),
                 "ours": partial(kernels.dropout, p=0.1),
+                # The kernel alone: no key drawn from the global random state per call.
+                "ours (given key)": partial(kernels.dropout, p=0.1, key=mx.random.key(0)),
             },
             lambda a: 2 * a[0].nbytes,
         )
@@ -387,6 +390,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="smaller prefill shapes (CPU smoke run)")
     ap.add_argument("--output", default="kernels.json")
+    ap.add_argument("--only", help="comma-separated substrings: run the cases whose name has one")
     ap.add_argument(
         "--readme-from", metavar="JSON", help="only write the README table from a results file"
     )
@@ -399,6 +403,8 @@ def main() -> None:
     copy_gbs = copy_bandwidth(args.rounds)
     rows, records = [], []
     for name, shape, make, variants, moved in cases(args.quick):
+        if args.only and not any(o in name for o in args.only.split(",")):
+            continue
         sets = input_sets(make, sum(a.nbytes for a in make()))
         n = 10 if "prefill" in name else 200
         calls = {v: partial(call_on, f, sets) for v, f in variants.items()}
@@ -418,6 +424,7 @@ def main() -> None:
             "build_us": {v: 1e6 * median(b) for v, b in builds.items()},
             "best_mlx": best_mlx,
             "speedup_vs_best_mlx": speed,
+            "gbs": {v: bytes_moved / median(e) / 1e9 for v, e in evals.items()},
             "ours_gbs": gbs,
             "ours_fraction_of_copy": gbs / copy_gbs,
         }
@@ -429,6 +436,7 @@ def main() -> None:
                 *(f"{rec['eval_us'][v]:.1f}" for v in ("mlx", "compiled", "ours")),
                 f"{rec['eval_us'].get('reference', float('nan')):.1f}",
                 f"{rec['eval_us'].get('ours (grad)', float('nan')):.1f}",
+                f"{rec['eval_us'].get('kernel', float('nan')):.1f}",
                 f"{rec['build_us']['ours']:.1f}",
                 f"{speed['median']:.2f}x [{speed['min']:.2f}-{speed['max']:.2f}]",
                 f"{gbs:.0f} ({100 * gbs / copy_gbs:.0f}%)",
@@ -459,6 +467,7 @@ def main() -> None:
                 "ours us",
                 "fp32 reference us",
                 "ours (grad) us",
+                "forced kernel us",
                 "ours build us",
                 "speedup vs best MLX (median [min-max])",
                 "ours GB/s (% copy)",

@@ -24,7 +24,7 @@ from zmlx_rs import _backend, kernels, reference
 
 GLU_SHAPES = [(1, 768), (4096, 768), (3, 1001), (2, 5, 13), (7,), (1, 1, 4097)]
 ACTS = {
-    "swiglu": (lambda g, u, d: kernels.swiglu(g, u, differentiable=d), silu64),
+    "swiglu": (lambda g, u, d: kernels.swiglu(g, u, differentiable=d, kernel=True), silu64),
     "geglu": (lambda g, u, d: kernels.geglu(g, u, differentiable=d), gelu64),
     "geglu_tanh": (
         lambda g, u, d: kernels.geglu(g, u, approximate=True, differentiable=d),
@@ -89,7 +89,7 @@ def test_glu_on_a_sliced_view(device):
     """A row-contiguous slice with an offset must not take the 16-byte vector path."""
     base = rand((9, 64), mx.float16)
     gate, up = base[1:5], base[5:9]
-    out = kernels.swiglu(gate, up)
+    out = kernels.swiglu(gate, up, kernel=True)
     assert_close(out, silu64(f64(gate)) * f64(up), mx.float16, scale=4.0)
     h = rand((3, 130), mx.bfloat16)[:, 1:129]
     out = kernels.swiglu_packed(h)
@@ -104,7 +104,10 @@ def test_glu_gradients_match_reference(device, dtype, act):
     approximate = act == "geglu_tanh"
 
     def fused(g, u):
-        y = kernels.swiglu(g, u) if act == "swiglu" else kernels.geglu(g, u, approximate)
+        if act == "swiglu":
+            y = kernels.swiglu(g, u, kernel=True)
+        else:
+            y = kernels.geglu(g, u, approximate)
         return (y.astype(mx.float32) * w.astype(mx.float32)).sum()
 
     def ref(g, u):
@@ -160,6 +163,47 @@ def test_glu_random_shapes(lead, half, dtype):
     assert_close(kernels.swiglu(h[..., :half], h[..., half:]), want, dtype, scale=4.0)
 
 
+@pytest.mark.cuda
+def test_swiglu_runs_its_kernel_from_the_size_threshold(monkeypatch):
+    """kernel=None: the compiled reference below GLU_KERNEL_MIN_SIZE elements, the kernel
+    from there on; True / False force either."""
+    if not _backend.on_cuda():
+        pytest.skip("needs MLX with a CUDA GPU")
+    launched = []
+
+    class Spy:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getattr__(self, name):
+            return getattr(self.kernel, name)
+
+        def __call__(self, inputs, launch):
+            launched.append(inputs[0].shape)
+            return self.kernel(inputs, launch)
+
+    monkeypatch.setattr(kernels, "_GLU", Spy(kernels._GLU))
+    monkeypatch.setattr(kernels, "GLU_KERNEL_MIN_SIZE", 64)
+    small, large = rand((3, 21), mx.bfloat16), rand((4, 16), mx.bfloat16)
+    for x, kernel, runs in [
+        (small, None, False),
+        (large, None, True),
+        (small, True, True),
+        (large, False, False),
+    ]:
+        launched.clear()
+        out = kernels.swiglu(x, x, differentiable=False, kernel=kernel)
+        want = reference.swiglu(x, x)
+        assert launched == ([x.shape] if runs else []), (x.shape, kernel)
+        assert_close(out, f64(want), mx.bfloat16, scale=4.0)
+
+
+def test_kernel_argument_is_checked():
+    x = mx.ones((2, 4))
+    with pytest.raises(ValueError, match=r"swiglu\(\): 'kernel' must be None, True or False"):
+        kernels.swiglu(x, x, kernel="yes")
+
+
 def all_values(dtype):
     """Every finite value of a half dtype (NaN and inf left out), or a spread of fp32 ones."""
     if dtype == mx.float32:
@@ -185,7 +229,7 @@ def test_swiglu_mlx_rounding_is_mlx_lm_bitwise(device, dtype, packed, differenti
         h = mx.concatenate([gate[:, None], up[:, None]], axis=-1)
         got = kernels.swiglu_packed(h, rounding="mlx", differentiable=differentiable)[:, 0]
     else:
-        got = kernels.swiglu(gate, up, rounding="mlx", differentiable=differentiable)
+        got = kernels.swiglu(gate, up, rounding="mlx", differentiable=differentiable, kernel=True)
     mx.eval(got, want, want_compiled)
     assert got.dtype == dtype
     for w in (want, want_compiled):

@@ -268,8 +268,33 @@ def _silu_act(rounding: Any, op: str) -> str:
     return "silu_mlx" if _mlx_rounding(rounding, op) else "silu"
 
 
+# Element count from which swiglu (gate and up apart) runs its CUDA kernel by default. Its
+# gate and up are separate arrays already, so the kernel removes no node: it replaces one
+# compiled MLX elementwise node (the fp32 reference) with one custom-kernel node, which costs
+# more to build and encode. Measured (H100, benchmarks/kernels.py, bf16): the kernel ran
+# 0.89-0.98x of mx.compile'd nn.silu(gate) * up from 1 to 32 tokens (Qwen3-30B-A3B, Mixtral,
+# Mistral shapes), even with Qwen3-30B-A3B prefill (12.6M elements), and 1.05-1.06x at
+# Mixtral-8x7B and Mistral-7B prefill (59M and 29M elements), where its memory traffic
+# decides. The packed forms always run the kernel: it saves the split.
+GLU_KERNEL_MIN_SIZE = 1 << 24
+
+
+def _glu_kernel(kernel: Any, size: int, op: str) -> bool:
+    """Whether a swiglu call of `size` elements runs the CUDA kernel."""
+    if kernel is None:
+        return size >= GLU_KERNEL_MIN_SIZE
+    if not isinstance(kernel, bool):
+        raise _native.ZmlxError(f"{op}(): 'kernel' must be None, True or False, got {kernel!r}")
+    return kernel
+
+
 def swiglu(
-    gate: mx.array, up: mx.array, *, rounding: str = "fp32", differentiable: bool = True
+    gate: mx.array,
+    up: mx.array,
+    *,
+    rounding: str = "fp32",
+    differentiable: bool = True,
+    kernel: bool | None = None,
 ) -> mx.array:
     """`silu(gate) * up`, returned in the inputs' dtype (gate and up must agree).
 
@@ -278,10 +303,13 @@ def swiglu(
     MLX-CUDA), which is what keeps a patched model's tokens those of the unpatched one.
     ``differentiable=False`` skips the gradient wrapper: on CUDA that is two fewer graph
     nodes and ~3 µs less per call, for inference paths that never take gradients.
+    On MLX-CUDA, ``kernel=None`` runs the fused kernel from `GLU_KERNEL_MIN_SIZE` elements
+    on and the compiled MLX reference (one node, same math) below, where it is cheaper;
+    ``True`` / ``False`` force either. Other backends always run the reference.
     """
     act = _silu_act(rounding, "swiglu")
     launch = _glu_launch(act, gate, up, "swiglu")
-    if _backend.on_cuda():
+    if _glu_kernel(kernel, gate.size, "swiglu") and _backend.on_cuda():
         if differentiable:
             return _GLU_FUSED[act](gate, up, launch)
         return _GLU([gate, up], launch)[0]
@@ -292,7 +320,9 @@ def geglu(
     gate: mx.array, up: mx.array, approximate: bool = False, *, differentiable: bool = True
 ) -> mx.array:
     """`gelu(gate) * up`; `approximate=True` uses the tanh form (`nn.gelu_approx`).
-    ``differentiable`` as in :func:`swiglu`."""
+    ``differentiable`` as in :func:`swiglu`. On MLX-CUDA always the kernel: the fp32
+    reference of the gelu forms is no cheaper at any size (H100: 11 µs against the kernel's
+    5 µs per call at one Mistral-7B token)."""
     act = "gelu_approx" if approximate else "gelu"
     launch = _glu_launch(act, gate, up, "geglu")
     if _backend.on_cuda():

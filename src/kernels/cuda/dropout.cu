@@ -5,6 +5,22 @@
   const float scale = 1.0f / (1.0f - p);
   const uint32_t threshold = static_cast<uint32_t>(static_cast<double>(p) * 4294967296.0);
   const long long base = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * V;
+  // x is requested before the mask is computed: the load's latency runs under the Philox
+  // rounds instead of after them.
+  const bool vec = V > 1 && zm::aligned<V>(x) && zm::aligned<V>(out);
+  float xs[V];
+  if (vec) {
+    const auto xv = zm::load<V>(x + base);
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      xs[i] = zm::to_f(xv.v[i]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      xs[i] = zm::to_f(x[base + i]);
+    }
+  }
   uint32_t bits[V];
   if constexpr (V % 4 == 0) {
 #pragma unroll
@@ -24,17 +40,16 @@
       bits[i] = w == 0 ? r.x : w == 1 ? r.y : w == 2 ? r.z : r.w;
     }
   }
-  if (V > 1 && zm::aligned<V>(x) && zm::aligned<V>(out)) {
-    const auto xv = zm::load<V>(x + base);
-    zm::Vec<T, V> o;
+  zm::Vec<T, V> o;
 #pragma unroll
-    for (int i = 0; i < V; ++i) {
-      o.v[i] = zm::from_f<T>(bits[i] >= threshold ? zm::to_f(xv.v[i]) * scale : 0.0f);
-    }
+  for (int i = 0; i < V; ++i) {
+    o.v[i] = zm::from_f<T>(bits[i] >= threshold ? xs[i] * scale : 0.0f);
+  }
+  if (vec) {
     zm::store<V>(out + base, o);
   } else {
 #pragma unroll
     for (int i = 0; i < V; ++i) {
-      out[base + i] = zm::from_f<T>(bits[i] >= threshold ? zm::to_f(x[base + i]) * scale : 0.0f);
+      out[base + i] = o.v[i];
     }
   }
