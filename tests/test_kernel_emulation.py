@@ -243,6 +243,8 @@ QMV_CASES = [
     (1, 256, 1152, 6, 4, 8, 64, mx.float32),
     (2, 640, 256, 16, 6, 4, 128, mx.float16),
     (1, 256, 384, 10, 8, 4, 64, mx.float16),
+    # The tiny qwen3_moe of the decode-graph cuda test: a 6-token prompt, 12 pairs.
+    (6, 256, 64, 8, 2, 4, 64, mx.float16),
 ]
 
 
@@ -376,7 +378,13 @@ def _mlx_add_rms_norm(x, r, w, eps, block, chunks, vec, dtype):
 
 @pytest.mark.parametrize(
     ("rows", "d", "dtype"),
-    [(2, 1024, mx.float16), (1, 1000, mx.float16), (3, 96, mx.float32), (1, 1536, mx.float32)],
+    [
+        (2, 1024, mx.float16),
+        (1, 1000, mx.float16),
+        (6, 256, mx.float16),
+        (3, 96, mx.float32),
+        (1, 1536, mx.float32),
+    ],
     ids=str,
 )
 def test_add_rms_norm_is_mlx_arithmetic(rows, d, dtype):
@@ -412,7 +420,12 @@ def _mlx_head_rms_norm(x: np.ndarray, w: np.ndarray, eps: float, vec: int, dtype
 
 @pytest.mark.parametrize(
     ("rows", "hq", "hk", "d", "dv", "dtype"),
-    [(2, 4, 2, 128, 128, mx.float16), (3, 3, 1, 64, 32, mx.float32), (1, 2, 2, 40, 24, mx.float16)],
+    [
+        (2, 4, 2, 128, 128, mx.float16),
+        (3, 3, 1, 64, 32, mx.float32),
+        (1, 2, 2, 40, 24, mx.float16),
+        (6, 4, 2, 16, 16, mx.float16),
+    ],
     ids=str,
 )
 def test_qk_rms_norm_is_mlx_arithmetic(rows, hq, hk, d, dv, dtype):
@@ -440,7 +453,11 @@ def test_qk_rms_norm_is_mlx_arithmetic(rows, hq, hk, d, dv, dtype):
 
 @pytest.mark.parametrize(
     ("rows", "hq", "hk", "d", "dv", "traditional", "dtype"),
-    [(2, 4, 2, 128, 128, False, mx.float16), (3, 3, 1, 64, 32, True, mx.float32)],
+    [
+        (2, 4, 2, 128, 128, False, mx.float16),
+        (3, 3, 1, 64, 32, True, mx.float32),
+        (3, 4, 2, 16, 16, False, mx.float16),
+    ],
     ids=str,
 )
 def test_qkv_rope_is_mlx_rope(rows, hq, hk, d, dv, traditional, dtype):
@@ -461,7 +478,11 @@ def test_qkv_rope_is_mlx_rope(rows, hq, hk, d, dv, traditional, dtype):
 
 @pytest.mark.parametrize(
     ("rows", "hq", "hk", "d", "dv", "traditional", "dtype"),
-    [(2, 4, 2, 128, 128, False, mx.float16), (3, 3, 1, 64, 32, True, mx.float32)],
+    [
+        (2, 4, 2, 128, 128, False, mx.float16),
+        (3, 3, 1, 64, 32, True, mx.float32),
+        (3, 4, 2, 16, 16, False, mx.float16),
+    ],
     ids=str,
 )
 def test_qk_norm_rope_is_mlx_norms_then_rope(rows, hq, hk, d, dv, traditional, dtype):
