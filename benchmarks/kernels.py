@@ -23,7 +23,15 @@ import mlx.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zmlx_rs
-from common import device_name, interleaved, median, ratio_stats, table, write_json
+from common import (
+    copy_bandwidth,
+    device_name,
+    interleaved,
+    median,
+    ratio_stats,
+    table,
+    write_json,
+)
 from zmlx_rs import kernels, reference
 
 DT = mx.bfloat16
@@ -319,36 +327,6 @@ def call_on(fn: Callable, sets: list[tuple], i: int):
     return fn(*sets[i % len(sets)])
 
 
-def copy_bandwidth(rounds: int) -> float:
-    """Device-to-device copy (read + write) bandwidth in GB/s: the best of MLX's streaming
-    unary kernel and a 16-byte vectorised copy kernel, on 256 MiB buffers."""
-    x = mx.random.normal((64 << 20,)).astype(mx.float32)
-    mx.eval(x)
-    variants: dict[str, Callable[[int], object]] = {"negative": lambda i: mx.negative(x)}
-    if mx.cuda.is_available():
-        copy = mx.fast.cuda_kernel(
-            name="bench_copy",
-            input_names=["src"],
-            output_names=["dst"],
-            source="""
-              const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-              if (i < n) {
-                reinterpret_cast<float4*>(dst)[i] = reinterpret_cast<const float4*>(src)[i];
-              }
-            """,
-            header="constexpr long long n = (64ll << 20) / 4;",
-        )
-        variants["copy kernel"] = lambda i: copy(
-            inputs=[x],
-            grid=(x.size // 4, 1, 1),
-            threadgroup=(256, 1, 1),
-            output_shapes=[x.shape],
-            output_dtypes=[x.dtype],
-        )[0]
-    res = interleaved(variants, n=10, rounds=rounds)
-    return max(2 * x.nbytes / median([e for _, e in ts]) / 1e9 for ts in res.values())
-
-
 def markdown_table(payload: dict) -> str:
     """The README table: per case, eval µs per call of each variant and our speedup."""
     lines = [
@@ -400,7 +378,7 @@ def main() -> None:
         return
 
     dev = device_name()
-    copy_gbs = copy_bandwidth(args.rounds)
+    copy_gbs = copy_bandwidth(256 << 20, args.rounds) / 1e9
     rows, records = [], []
     for name, shape, make, variants, moved in cases(args.quick):
         if args.only and not any(o in name for o in args.only.split(",")):

@@ -5,7 +5,7 @@
 
 Kernels: for each (N, K) of Mistral-7B and Qwen3-30B-A3B at bf16, group size 64, CALLS calls
 on distinct weights (more bytes than L2) in one graph, the two variants interleaved over the
-rounds; bandwidth = weight + scale + bias bytes / time, against `a * 1` copy bandwidth
+rounds; bandwidth = weight + scale + bias bytes / time, against the copy bandwidth
 measured in the same run. `--e2e`: decode tokens/s of a random-weight model unpatched,
 patched without qmv and patched with it, rounds interleaved (generate_step, KV cache).
 JSON under benchmarks/results/.
