@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -11,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mlx.core as mx
+from zmlx_rs import _backend, synthetic
+from zmlx_rs.bench import pattern_names
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,6 +33,42 @@ def device_name() -> str:
             return "cuda"
     info = mx.device_info() if hasattr(mx, "device_info") else {}
     return str(info.get("device_name", platform.processor() or "cpu"))
+
+
+def environment() -> dict[str, str]:
+    """Where a result was measured: the first keys of every benchmark's JSON."""
+    return {"device": device_name(), "backend": _backend.name(), "mlx": mx.__version__}
+
+
+def result_name(prefix: str) -> str:
+    """`prefix-<date>-<time>.json`: a result file that does not overwrite earlier runs."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def model_options(p: argparse.ArgumentParser, models: str, *, scaled: bool = True) -> None:
+    """The options of the benchmarks that build random-weight models: --models, --layers,
+    --patterns, --out and (where CPU runs make sense) --scaled."""
+    p.add_argument(
+        "--models", default=models, help=f"comma-separated, from {list(synthetic.SHAPES)}"
+    )
+    p.add_argument("--layers", type=int, default=None, help="layer count override")
+    p.add_argument(
+        "--patterns", default=None, help="comma-separated, or 'all' (default: patch's set)"
+    )
+    if scaled:
+        p.add_argument("--scaled", action="store_true", help="scaled-down fp32 shapes (CPU)")
+    p.add_argument("--out", type=Path, default=None, help="folder for the JSON result")
+
+
+def parse_model_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """`p.parse_args()` plus `names` (the --models list), `chosen` (the checked --patterns)
+    and `scaled` forced on where there is no CUDA."""
+    args = p.parse_args()
+    args.names = [n.strip() for n in args.models.split(",") if n.strip()]
+    args.chosen = pattern_names(args.patterns)
+    if "scaled" in args:
+        args.scaled = args.scaled or not _backend.HAS_CUDA
+    return args
 
 
 def time_calls(make: Callable[[int], object], n: int) -> tuple[float, float]:

@@ -14,15 +14,12 @@ benchmarks/results/decode_graphs-<time>.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-from common import device_name, table, write_json
-from zmlx_rs import _backend, _native, measure, patch, synthetic, unpatch
+from common import environment, model_options, parse_model_args, result_name, table, write_json
+from zmlx_rs import _native, measure, patch, synthetic, unpatch
 from zmlx_rs import patterns as registry
-from zmlx_rs.bench import pattern_names
 
 PROMPT = 32
 CONFIGS = ("unpatched", "patched", "graphs")
@@ -34,11 +31,8 @@ def _use(model: Any, config: str, chosen: list[str] | None) -> dict[str, int]:
     return {} if config == "unpatched" else patch(model, patterns=chosen).counts()
 
 
-def run_model(name: str, args: argparse.Namespace, scaled: bool) -> dict[str, Any]:
-    shape = synthetic.SHAPES[name]
-    if scaled:
-        shape = synthetic.scaled_down(shape)
-    dtype = mx.float32 if scaled else mx.bfloat16
+def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    shape, dtype = synthetic.sized(name, args.scaled)
     model = synthetic.build(shape, layers=args.layers, dtype=dtype)
     prompt = measure.prompt_tokens(model, None, PROMPT, seed=1)
     counts = _use(model, "patched", args.chosen)
@@ -80,30 +74,19 @@ def run_model(name: str, args: argparse.Namespace, scaled: bool) -> dict[str, An
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="qwen3-30b-a3b,mistral-7b")
-    p.add_argument("--layers", type=int, default=None, help="layer count override")
+    model_options(p, "qwen3-30b-a3b,mistral-7b")
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--tokens", type=int, default=64, help="decode tokens per measurement")
     p.add_argument("--check-steps", type=int, default=16, help="decode steps compared")
-    p.add_argument(
-        "--patterns", default=None, help="comma-separated, or 'all' (default: patch's set)"
-    )
-    p.add_argument("--scaled", action="store_true", help="scaled-down fp32 shapes (CPU)")
-    p.add_argument("--out", type=Path, default=None, help="folder for the JSON result")
-    args = p.parse_args()
-    args.chosen = pattern_names(args.patterns)
-    scaled = args.scaled or not _backend.HAS_CUDA
-    rows = [run_model(n.strip(), args, scaled) for n in args.models.split(",") if n.strip()]
+    args = parse_model_args(p)
+    rows = [run_model(n, args) for n in args.names]
     payload = {
-        "device": device_name(),
-        "backend": _backend.name(),
-        "mlx": mx.__version__,
+        **environment(),
         "rounds": args.rounds,
         "tokens": args.tokens,
         "models": rows,
     }
-    name = f"decode_graphs-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path = write_json(name, payload, args.out)
+    path = write_json(result_name("decode_graphs"), payload, args.out)
     lines = []
     for row in rows:
         bitwise = "yes" if row["graphs_bitwise"] else "NO"

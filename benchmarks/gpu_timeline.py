@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-from common import device_name, table, write_json
+from common import environment, model_options, parse_model_args, result_name, table, write_json
 from mlx_lm.models.cache import make_prompt_cache
 from zmlx_rs import measure, patch, synthetic, unpatch
-from zmlx_rs.bench import pattern_names
 
 PROMPT = 16
 GAP_S = 0.004  # pause after each step: kernels more than 2 ms apart belong to another step
@@ -83,15 +82,9 @@ def _profile(model: Any, prompt: mx.array, n: int) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="mistral-7b", help=f"from {list(synthetic.SHAPES)}")
-    p.add_argument("--layers", type=int, default=None, help="layer count override")
+    model_options(p, "mistral-7b", scaled=False)
     p.add_argument("--steps", type=int, default=8, help="decode steps profiled per config")
-    p.add_argument(
-        "--patterns", default=None, help="comma-separated, or 'all' (default: patch's set)"
-    )
-    p.add_argument("--out", type=Path, default=None, help="folder for the JSON result")
-    args = p.parse_args()
-    chosen = pattern_names(args.patterns)
+    args = parse_model_args(p)
     try:
         import torch
     except ImportError as e:
@@ -100,22 +93,21 @@ def main() -> None:
         raise SystemExit("gpu_timeline.py needs a CUDA GPU")
     torch.cuda.init()
     rows = []
-    for name in (n.strip() for n in args.models.split(",") if n.strip()):
+    for name in args.names:
         model = synthetic.build(synthetic.SHAPES[name], layers=args.layers, dtype=mx.bfloat16)
         prompt = measure.prompt_tokens(model, None, PROMPT, seed=1)
         row: dict[str, Any] = {"model": name}
         for config in ("unpatched", "patched"):
             unpatch(model)
             if config == "patched":
-                row["patched"] = patch(model, patterns=chosen).counts()
+                row["patched"] = patch(model, patterns=args.chosen).counts()
             row[config] = _profile(model, prompt, args.steps)
         unpatch(model)
         rows.append(row)
         del model
         mx.clear_cache()
-    payload = {"device": device_name(), "mlx": mx.__version__, "steps": args.steps, "rows": rows}
-    name = f"gpu_timeline-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path = write_json(name, payload, args.out)
+    payload = {**environment(), "steps": args.steps, "rows": rows}
+    path = write_json(result_name("gpu_timeline"), payload, args.out)
     lines = []
     for row in rows:
         for config in ("unpatched", "patched"):

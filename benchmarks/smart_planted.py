@@ -22,7 +22,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from common import device_name, table, write_json
+from common import environment, result_name, table, write_json
 from zmlx_rs import _backend, _native, measure, synthetic, unpatch
 from zmlx_rs import patterns as registry
 from zmlx_rs.patterns import OK, Fused, Pattern
@@ -64,11 +64,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="folder for the JSON result")
     args = p.parse_args()
 
-    shape = synthetic.SHAPES[args.model]
-    scaled = not _backend.HAS_CUDA
-    if scaled:
-        shape = synthetic.scaled_down(shape)
-    model = synthetic.build(shape, layers=args.layers, dtype=mx.float32 if scaled else mx.bfloat16)
+    shape, dtype = synthetic.sized(args.model, scaled=not _backend.HAS_CUDA)
+    model = synthetic.build(shape, layers=args.layers, dtype=dtype)
     saved = list(registry.ALL)
     registry.register(PlantedSlow())
     try:
@@ -107,9 +104,7 @@ def main() -> None:
         registry.ALL[:] = saved
     c = _native.compare_rounds(tps["smart"], tps["unpatched"], min_gain=0.0)
     payload: dict[str, Any] = {
-        "device": device_name(),
-        "backend": _backend.name(),
-        "mlx": mx.__version__,
+        **environment(),
         "model": args.model,
         "layers": args.layers,
         "budget_s": args.budget,
@@ -122,8 +117,7 @@ def main() -> None:
         "tokens_per_s": tps,
         "smart/unpatched": {"median": c.median_ratio, "ci": [c.ci_low, c.ci_high]},
     }
-    name = f"smart_planted-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path = write_json(name, payload, args.out)
+    path = write_json(result_name("smart_planted"), payload, args.out)
     print(f"{payload['device']} ({payload['backend']}), {args.model} x {args.layers} layers")
     rows = [
         [

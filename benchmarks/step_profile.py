@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-from common import device_name, table, write_json
+from common import environment, model_options, parse_model_args, result_name, table, write_json
 from mlx_lm.models.cache import make_prompt_cache
-from zmlx_rs import _backend, measure, patch, synthetic, unpatch
-from zmlx_rs.bench import pattern_names
+from zmlx_rs import measure, patch, synthetic, unpatch
 
 PROMPT = 16
 
@@ -62,11 +60,8 @@ def profile_steps(model: Any, steps: int, pipelined: bool = False) -> dict[str, 
     return {k: statistics.median(v) for k, v in phases.items()}
 
 
-def run_model(name: str, args: argparse.Namespace, scaled: bool) -> dict[str, Any]:
-    shape = synthetic.SHAPES[name]
-    if scaled:
-        shape = synthetic.scaled_down(shape)
-    dtype = mx.float32 if scaled else mx.bfloat16
+def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    shape, dtype = synthetic.sized(name, args.scaled)
     model = synthetic.build(shape, layers=args.layers, dtype=dtype)
     prompt = measure.prompt_tokens(model, None, PROMPT, seed=1)
     nodes = {"unpatched": measure.decode_graph_nodes(model, prompt)["nodes"]}
@@ -103,35 +98,24 @@ def run_model(name: str, args: argparse.Namespace, scaled: bool) -> dict[str, An
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="mistral-7b", help=f"from {list(synthetic.SHAPES)}")
-    p.add_argument("--layers", type=int, default=None, help="layer count override")
+    model_options(p, "mistral-7b")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=32, help="decode steps per round")
-    p.add_argument(
-        "--patterns", default=None, help="comma-separated, or 'all' (default: patch's set)"
-    )
     p.add_argument(
         "--pipelined",
         action="store_true",
         help="generate_step's order: the next step built and encoded before this token is read",
     )
-    p.add_argument("--scaled", action="store_true", help="scaled-down fp32 shapes (CPU)")
-    p.add_argument("--out", type=Path, default=None, help="folder for the JSON result")
-    args = p.parse_args()
-    args.chosen = pattern_names(args.patterns)
-    scaled = args.scaled or not _backend.HAS_CUDA
-    rows = [run_model(n.strip(), args, scaled) for n in args.models.split(",") if n.strip()]
+    args = parse_model_args(p)
+    rows = [run_model(n, args) for n in args.names]
     payload = {
-        "device": device_name(),
-        "backend": _backend.name(),
-        "mlx": mx.__version__,
+        **environment(),
         "rounds": args.rounds,
         "steps": args.steps,
         "pipelined": args.pipelined,
         "models": rows,
     }
-    name = f"step_profile-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path = write_json(name, payload, args.out)
+    path = write_json(result_name("step_profile"), payload, args.out)
     lines = []
     for row in rows:
         for config in ("unpatched", "patched"):

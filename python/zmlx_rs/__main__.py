@@ -64,11 +64,7 @@ def _generate(model: nn.Module, tokenizer: Any, prompt: mx.array, tokens: int) -
 
 
 def demo(args: argparse.Namespace) -> None:
-    on_gpu = _backend.HAS_CUDA
-    shape = synthetic.SHAPES["qwen3-30b-a3b"]
-    if not on_gpu:
-        shape = synthetic.scaled_down(shape)
-    dtype = mx.bfloat16 if on_gpu else mx.float32
+    shape, dtype = synthetic.sized("qwen3-30b-a3b", scaled=not _backend.HAS_CUDA)
     print(f"building a random-weight {shape.notes} model ({_backend.name()})...", flush=True)
     start = time.perf_counter()
     model = synthetic.build(shape, layers=args.layers, dtype=dtype)

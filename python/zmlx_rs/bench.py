@@ -85,10 +85,7 @@ def run_model(
     patterns: list[str] | None = None,
 ) -> dict[str, Any]:
     """One model's row: build, count nodes, check numerics, time interleaved rounds."""
-    shape = synthetic.SHAPES[name]
-    if scaled:
-        shape = synthetic.scaled_down(shape)
-    dtype = mx.float32 if scaled else mx.bfloat16
+    shape, dtype = synthetic.sized(name, scaled)
     t = time.perf_counter()
     model = synthetic.build(shape, layers=layers, dtype=dtype)
     build_s = time.perf_counter() - t

@@ -19,7 +19,7 @@ from mlx_lm.utils import _get_classes
 
 from zmlx_rs.errors import ZmlxError
 
-__all__ = ["SHAPES", "Shape", "build", "scaled_down"]
+__all__ = ["SHAPES", "Shape", "build", "scaled_down", "sized"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,16 @@ def scaled_down(shape: Shape) -> Shape:
     if "moe_intermediate_size" in c:
         c["moe_intermediate_size"] = _round64(c["moe_intermediate_size"] / 8)
     return Shape(shape.name, c, shape.bits, shape.group_size, f"{shape.notes}, scaled down")
+
+
+def sized(name: str, scaled: bool) -> tuple[Shape, mx.Dtype]:
+    """`SHAPES[name]` as the benchmarks run it: full size in bfloat16, or (`scaled`, for CPU
+    runs) `scaled_down` in float32; with the dtype to build it in."""
+    if name not in SHAPES:
+        raise ZmlxError(f"sized(): 'name' must be one of {sorted(SHAPES)}, got {name!r}")
+    if scaled:
+        return scaled_down(SHAPES[name]), mx.float32
+    return SHAPES[name], mx.bfloat16
 
 
 def build(
