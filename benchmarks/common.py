@@ -7,6 +7,7 @@ import json
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -98,10 +99,9 @@ def interleaved(
     return out
 
 
-def copy_bandwidth(nbytes: int, rounds: int) -> float:
-    """Device-to-device copy bandwidth, bytes read + written per second, over `nbytes`: the
-    better median of MLX's streaming unary kernel (`-x`) and, on CUDA, a 16-byte vectorised
-    copy kernel (MLX's binary `x * 1` reaches well under either on an H100)."""
+def _copy_variants(nbytes: int) -> dict[str, Callable[[], mx.array]]:
+    """Ways to copy an fp32 array of `nbytes` (rounded down to 16): MLX's streaming unary
+    kernel (`-x`) and, on CUDA, a 16-byte vectorised copy kernel."""
     n = nbytes // 16 * 4
     x = mx.random.normal((n,))
     mx.eval(x)
@@ -126,16 +126,59 @@ def copy_bandwidth(nbytes: int, rounds: int) -> float:
             output_shapes=[x.shape],
             output_dtypes=[x.dtype],
         )[0]
+    return variants
+
+
+def copy_bandwidth(nbytes: int, rounds: int) -> float:
+    """Device-to-device copy bandwidth, bytes read + written per second, over `nbytes`: the
+    better median of MLX's streaming unary kernel (`-x`) and, on CUDA, a 16-byte vectorised
+    copy kernel (MLX's binary `x * 1` reaches well under either on an H100). Wall time of one
+    call and its sync."""
     best = 0.0
-    for make in variants.values():
+    for make in _copy_variants(nbytes).values():
         mx.eval(make())
         times = []
         for _ in range(rounds):
             t0 = time.perf_counter()
             mx.eval(make())
             times.append(time.perf_counter() - t0)
-        best = max(best, 2 * x.nbytes / statistics.median(times))
+        best = max(best, 2 * (nbytes // 16 * 16) / statistics.median(times))
     return best
+
+
+def kernel_seconds(call: Callable[[int], object], n: int) -> float | None:
+    """GPU time per call, from the CUDA profiler's kernel records (CUPTI, through
+    torch.profiler): the kernels of calls 0..n-1, each call evaluated on its own so that no
+    two kernels overlap (in one graph MLX runs independent calls concurrently), summed and
+    divided by n. Launch gaps and host cost are not in it, as in a profiler's kernel column.
+    None without CUDA or without torch installed."""
+    if not mx.cuda.is_available():
+        return None
+    try:
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    mx.eval(call(0))
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(n):
+            mx.eval(call(i))
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    kernels = [e["dur"] for e in events if e.get("ph") == "X" and e.get("cat") == "kernel"]
+    return sum(kernels) * 1e-6 / n if kernels else None
+
+
+def copy_kernel_bandwidth(nbytes: int, n: int = 8) -> float | None:
+    """copy_bandwidth's 16-byte copy kernel over `nbytes`, timed by kernel_seconds: the
+    reference for kernel_seconds-based bandwidths. None where kernel_seconds is."""
+    variants = _copy_variants(nbytes)
+    if "copy kernel" not in variants:
+        return None
+    make = variants["copy kernel"]
+    t = kernel_seconds(lambda _: make(), n)
+    return None if t is None else 2 * (nbytes // 16 * 16) / t
 
 
 def median(xs: Sequence[float]) -> float:

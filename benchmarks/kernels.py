@@ -4,7 +4,11 @@ prefill shapes of Qwen3-30B-A3B, Mixtral-8x7B and Mistral-7B.
 GPU time comes from many calls built into one graph and evaluated once (per-call build and
 eval reported separately); variants run in interleaved rounds and the ratio ours / best MLX
 variant is reported per round (median, min, max). Bandwidth is bytes read + written / eval
-time, next to the device-to-device copy bandwidth measured in the same run.
+time, next to the device-to-device copy bandwidth measured in the same run. For cases of
+at least LARGE bytes, also each variant's kernel time from the CUDA profiler (where torch is
+installed: common.kernel_seconds, each call evaluated alone) and ours as a share of the copy
+kernel timed the same way: what the kernel itself reaches, without host cost or the
+overlap of independent calls in one graph.
 
     python benchmarks/kernels.py [--rounds 7] [--quick]
 """
@@ -25,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zmlx_rs
 from common import (
     copy_bandwidth,
+    copy_kernel_bandwidth,
     device_name,
     interleaved,
+    kernel_seconds,
     median,
     ratio_stats,
     table,
@@ -37,6 +43,8 @@ from zmlx_rs import kernels, reference
 DT = mx.bfloat16
 # Distinct input sets per shape so that large cases stream from HBM, not L2.
 STREAM_BYTES = 256 << 20
+# Cases that move at least this many bytes per call also get profiler kernel times.
+LARGE = 16 << 20
 
 
 def normals(*shapes: tuple[int, ...]) -> tuple[mx.array, ...]:
@@ -331,22 +339,30 @@ def markdown_table(payload: dict) -> str:
     """The README table: per case, eval µs per call of each variant and our speedup."""
     lines = [
         "| case | shape | MLX ops µs | mx.compile µs | ours µs | ours (grad) µs "
-        "| ours vs best MLX, median [min-max] | ours GB/s (% of copy) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| ours vs best MLX, median [min-max] | ours GB/s (% of copy) "
+        "| ours kernel GB/s (% of copy kernel) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in payload["cases"]:
         e, s = c["eval_us"], c["speedup_vs_best_mlx"]
         grad = f"{e['ours (grad)']:.1f}" if "ours (grad)" in e else "-"
+        kernel = "-"
+        if "ours_kernel_gbs" in c:
+            kernel = f"{c['ours_kernel_gbs']:.0f} ({100 * c['ours_kernel_fraction_of_copy']:.0f}%)"
         lines.append(
             f"| {c['case']} | {c['shape']} | {e['mlx']:.1f} | {e['compiled']:.1f} "
             f"| {e['ours']:.1f} | {grad} | {s['median']:.2f}x [{s['min']:.2f}-{s['max']:.2f}] "
-            f"| {c['ours_gbs']:.0f} ({100 * c['ours_fraction_of_copy']:.0f}%) |"
+            f"| {c['ours_gbs']:.0f} ({100 * c['ours_fraction_of_copy']:.0f}%) | {kernel} |"
         )
     lines.append("")
+    copies = f"copy bandwidth {payload['copy_gbs']:.0f} GB/s"
+    if payload.get("copy_kernel_gbs"):
+        copies += f"; copy kernel (profiler) {payload['copy_kernel_gbs']:.0f} GB/s"
     lines.append(
         f"{payload['device']}, mlx {payload['mlx']}, zmlx_rs {payload['zmlx_rs']}, "
         f"{payload['dtype']}; eval time per call from {payload['rounds']} interleaved rounds "
-        f"of many calls in one graph; copy bandwidth {payload['copy_gbs']:.0f} GB/s."
+        f"of many calls in one graph; kernel time from the CUDA profiler, each call alone; "
+        f"{copies}."
     )
     return "\n".join(lines)
 
@@ -379,6 +395,7 @@ def main() -> None:
 
     dev = device_name()
     copy_gbs = copy_bandwidth(256 << 20, args.rounds) / 1e9
+    copy_kernel = copy_kernel_bandwidth(256 << 20)
     rows, records = [], []
     for name, shape, make, variants, moved in cases(args.quick):
         if args.only and not any(o in name for o in args.only.split(",")):
@@ -406,6 +423,14 @@ def main() -> None:
             "ours_gbs": gbs,
             "ours_fraction_of_copy": gbs / copy_gbs,
         }
+        kernel_gbs = float("nan")
+        if bytes_moved >= LARGE and copy_kernel is not None:
+            times = {v: kernel_seconds(f, len(sets)) for v, f in calls.items()}
+            if all(t is not None for t in times.values()):
+                rec["kernel_us"] = {v: 1e6 * t for v, t in times.items()}
+                kernel_gbs = bytes_moved / times["ours"] / 1e9
+                rec["ours_kernel_gbs"] = kernel_gbs
+                rec["ours_kernel_fraction_of_copy"] = kernel_gbs * 1e9 / copy_kernel
         records.append(rec)
         rows.append(
             [
@@ -418,6 +443,9 @@ def main() -> None:
                 f"{rec['build_us']['ours']:.1f}",
                 f"{speed['median']:.2f}x [{speed['min']:.2f}-{speed['max']:.2f}]",
                 f"{gbs:.0f} ({100 * gbs / copy_gbs:.0f}%)",
+                "-"
+                if "ours_kernel_gbs" not in rec
+                else f"{kernel_gbs:.0f} ({100 * rec['ours_kernel_fraction_of_copy']:.0f}%)",
             ]
         )
     payload = {
@@ -428,12 +456,14 @@ def main() -> None:
         "rounds": args.rounds,
         "dtype": "bfloat16",
         "copy_gbs": copy_gbs,
+        "copy_kernel_gbs": None if copy_kernel is None else copy_kernel / 1e9,
         "cases": records,
     }
     path = write_json(args.output, payload)
-    print(
-        f"device: {dev}   copy bandwidth: {copy_gbs:.0f} GB/s   rounds: {args.rounds}   -> {path}"
-    )
+    copies = f"copy bandwidth: {copy_gbs:.0f} GB/s"
+    if copy_kernel is not None:
+        copies += f" (copy kernel, profiler: {copy_kernel / 1e9:.0f} GB/s)"
+    print(f"device: {dev}   {copies}   rounds: {args.rounds}   -> {path}")
     print(
         table(
             rows,
@@ -449,6 +479,7 @@ def main() -> None:
                 "ours build us",
                 "speedup vs best MLX (median [min-max])",
                 "ours GB/s (% copy)",
+                "ours kernel GB/s (% copy kernel)",
             ],
         )
     )

@@ -2,8 +2,13 @@
 experts' weights, scales and biases / time) at real decode shapes, against the unfused
 mx.gather_qmm path and the device's copy bandwidth measured in the same run.
 
-Each timing is one graph of CALLS independent calls, each on its own random expert picks (so
-weights come from HBM, not L2), median over rounds. Writes benchmarks/results/moe_qmv.json.
+Each call runs on its own random expert picks (so weights come from HBM, not L2). Two times
+per call: wall, one graph of CALLS independent calls evaluated at once, median over rounds
+(what a caller sees, host cost and MLX's running of independent calls side by side
+included); and kernel, the CUDA profiler's kernel durations with each call evaluated alone
+(common.kernel_seconds; where torch is installed). The kernel share of copy bandwidth holds
+the kernel time to the copy kernel timed the same way over 1 GiB. Writes
+benchmarks/results/moe_qmv.json.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
-from common import copy_bandwidth
+from common import copy_bandwidth, copy_kernel_bandwidth, kernel_seconds
 from zmlx_rs import _backend, kernels
 from zmlx_rs import reference as ref
 
@@ -119,13 +124,13 @@ def bench_shape(name, d, inter, n_experts, k, bits, gs, dtype, rounds, sweep=Fal
     runs = {
         "gather_qmv_swiglu": (
             up_bytes,
-            lambda: [kernels.gather_qmv_swiglu(x, i, *up, **q) for x, i in pairs],
-            lambda: [ref.gather_qmv_swiglu(x, i, *up, **q) for x, i in pairs],
+            lambda i: kernels.gather_qmv_swiglu(*pairs[i], *up, **q),
+            lambda i: ref.gather_qmv_swiglu(*pairs[i], *up, **q),
         ),
         "gather_qmv_combine": (
             down_bytes,
-            lambda: [kernels.gather_qmv_combine(a, i, s, *down, **q) for a, i, s in triples],
-            lambda: [ref.gather_qmv_combine(a, i, s, *down, **q) for a, i, s in triples],
+            lambda i: kernels.gather_qmv_combine(*triples[i], *down, **q),
+            lambda i: ref.gather_qmv_combine(*triples[i], *down, **q),
         ),
     }
     rows = []
@@ -134,23 +139,29 @@ def bench_shape(name, d, inter, n_experts, k, bits, gs, dtype, rounds, sweep=Fal
             nbytes = up_bytes if r["op"] == "gather_qmv_swiglu" else down_bytes
             rows.append({"shape": name, "sweep": True, **r, "GBps": nbytes / r["us"] / 1e3})
     for op, (nbytes, fused, unfused) in runs.items():
-        t_fused = _timed(fused, rounds)
-        t_unfused = _timed(unfused, rounds)
-        rows.append(
-            {
-                "shape": name,
-                "op": op,
-                "D": d,
-                "I": inter,
-                "experts": n_experts,
-                "k": k,
-                "bytes": nbytes,
-                "fused_us": t_fused * 1e6,
-                "unfused_us": t_unfused * 1e6,
-                "fused_GBps": nbytes / t_fused / 1e9,
-                "unfused_GBps": nbytes / t_unfused / 1e9,
+        t_fused = _timed(lambda f=fused: [f(i) for i in range(CALLS)], rounds)
+        t_unfused = _timed(lambda f=unfused: [f(i) for i in range(CALLS)], rounds)
+        row = {
+            "shape": name,
+            "op": op,
+            "D": d,
+            "I": inter,
+            "experts": n_experts,
+            "k": k,
+            "bytes": nbytes,
+            "fused_us": t_fused * 1e6,
+            "unfused_us": t_unfused * 1e6,
+            "fused_GBps": nbytes / t_fused / 1e9,
+            "unfused_GBps": nbytes / t_unfused / 1e9,
+        }
+        k_fused, k_unfused = kernel_seconds(fused, CALLS), kernel_seconds(unfused, CALLS)
+        if k_fused is not None and k_unfused is not None:
+            row |= {
+                "fused_kernel_us": k_fused * 1e6,
+                "unfused_kernel_us": k_unfused * 1e6,
+                "fused_kernel_GBps": nbytes / k_fused / 1e9,
             }
-        )
+        rows.append(row)
     return rows
 
 
@@ -164,6 +175,7 @@ def main() -> None:
     args = p.parse_args()
     dtype = mx.bfloat16
     copy_big = copy_bandwidth(1 << 30, args.rounds)
+    copy_kernel = copy_kernel_bandwidth(1 << 30)
     rows = []
     for name, (d, inter, n_experts, k) in SHAPES.items():
         rows += bench_shape(
@@ -173,6 +185,8 @@ def main() -> None:
     rows = [r for r in rows if not r.get("sweep")]
     for r in rows:
         r["fraction_of_copy"] = r["fused_GBps"] * 1e9 / copy_big
+        if copy_kernel is not None and "fused_kernel_GBps" in r:
+            r["kernel_fraction_of_copy"] = r["fused_kernel_GBps"] * 1e9 / copy_kernel
     device = mx.device_info() if hasattr(mx, "device_info") else {}
     result = {
         "backend": _backend.name(),
@@ -182,22 +196,34 @@ def main() -> None:
         "dtype": "bfloat16",
         "calls_per_graph": CALLS,
         "copy_GBps": copy_big / 1e9,
+        "copy_kernel_GBps": None if copy_kernel is None else copy_kernel / 1e9,
         "rows": rows,
         "tilings": sweeps,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"{result['device']} ({result['backend']}): copy {copy_big / 1e9:.0f} GB/s (read+write)")
+    copies = f"copy {copy_big / 1e9:.0f} GB/s (read+write, wall)"
+    if copy_kernel is not None:
+        copies += f", copy kernel {copy_kernel / 1e9:.0f} GB/s (profiler)"
+    print(f"{result['device']} ({result['backend']}): {copies}")
     print(
         f"{'shape':<15}{'op':<20}{'MB':>7}{'fused us':>10}{'GB/s':>8}{'of copy':>9}"
-        f"{'unfused us':>12}{'GB/s':>8}"
+        f"{'unfused us':>12}{'kernel us':>11}{'GB/s':>8}{'of copy':>9}{'unfused':>9}"
     )
     for r in rows:
+        kernel = (
+            ""
+            if "fused_kernel_us" not in r
+            else (
+                f"{r['fused_kernel_us']:>11.2f}{r['fused_kernel_GBps']:>8.0f}"
+                f"{r.get('kernel_fraction_of_copy', float('nan')):>9.0%}"
+                f"{r['unfused_kernel_us']:>9.2f}"
+            )
+        )
         print(
             f"{r['shape']:<15}{r['op']:<20}{r['bytes'] / 1e6:>7.1f}{r['fused_us']:>10.1f}"
-            f"{r['fused_GBps']:>8.0f}{r['fraction_of_copy']:>9.0%}{r['unfused_us']:>12.1f}"
-            f"{r['unfused_GBps']:>8.0f}"
+            f"{r['fused_GBps']:>8.0f}{r['fraction_of_copy']:>9.0%}{r['unfused_us']:>12.1f}" + kernel
         )
 
     for r in sweeps:
