@@ -179,8 +179,9 @@ def test_greedy_decode_with_a_cache_keeps_the_tokens(family, cuda_paths):
 def test_cuda_graphs_replay_the_op_by_op_logits_bitwise(family):
     """bf16, 4-bit, default patterns (moe_decode included): the logits of a prompt and three
     decode steps with decode graphs on are those with them off, bit for bit. Head dim 64:
-    at the tiny configs' 16, MLX-CUDA's own attention gives different prompt logits from one
-    unpatched pass to the next (seen on an H100, mlx 0.32.4; see the check below)."""
+    at the tiny configs' 16, MLX-CUDA's own unpatched forward gives different prompt logits
+    from one pass to the next (an H100, mlx 0.32.4, cuDNN attention on or off; head dims 32
+    and 64 repeat exactly, and so does a lone SDPA call at 16), which the check below catches."""
     model = tiny.build(
         family, bits=4, group_size=64, hidden_size=256, intermediate_size=512, head_dim=64
     )
