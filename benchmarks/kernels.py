@@ -397,6 +397,17 @@ def main() -> None:
     copy_gbs = copy_bandwidth(256 << 20, args.rounds) / 1e9
     copy_kernel = copy_kernel_bandwidth(256 << 20)
     rows, records = [], []
+    payload = {
+        "device": dev,
+        "backend": zmlx_rs._backend.name(),
+        "mlx": mx.__version__,
+        "zmlx_rs": zmlx_rs.__version__,
+        "rounds": args.rounds,
+        "dtype": "bfloat16",
+        "copy_gbs": copy_gbs,
+        "copy_kernel_gbs": None if copy_kernel is None else copy_kernel / 1e9,
+        "cases": records,
+    }
     for name, shape, make, variants, moved in cases(args.quick):
         if args.only and not any(o in name for o in args.only.split(",")):
             continue
@@ -448,17 +459,7 @@ def main() -> None:
                 else f"{kernel_gbs:.0f} ({100 * rec['ours_kernel_fraction_of_copy']:.0f}%)",
             ]
         )
-    payload = {
-        "device": dev,
-        "backend": zmlx_rs._backend.name(),
-        "mlx": mx.__version__,
-        "zmlx_rs": zmlx_rs.__version__,
-        "rounds": args.rounds,
-        "dtype": "bfloat16",
-        "copy_gbs": copy_gbs,
-        "copy_kernel_gbs": None if copy_kernel is None else copy_kernel / 1e9,
-        "cases": records,
-    }
+        write_json(args.output, payload)  # after every case: a cut run keeps what it measured
     path = write_json(args.output, payload)
     copies = f"copy bandwidth: {copy_gbs:.0f} GB/s"
     if copy_kernel is not None:
