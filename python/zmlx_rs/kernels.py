@@ -271,12 +271,13 @@ def _silu_act(rounding: Any, op: str) -> str:
 # Element count from which swiglu (gate and up apart) runs its CUDA kernel by default. Its
 # gate and up are separate arrays already, so the kernel removes no node: it replaces one
 # compiled MLX elementwise node (the fp32 reference) with one custom-kernel node, which costs
-# more to build and encode. Measured (H100, benchmarks/kernels.py, bf16): the kernel ran
-# 0.89-0.98x of mx.compile'd nn.silu(gate) * up from 1 to 32 tokens (Qwen3-30B-A3B, Mixtral,
-# Mistral shapes), even with Qwen3-30B-A3B prefill (12.6M elements), and 1.05-1.06x at
-# Mixtral-8x7B and Mistral-7B prefill (59M and 29M elements), where its memory traffic
-# decides. The packed forms always run the kernel: it saves the split.
-GLU_KERNEL_MIN_SIZE = 1 << 24
+# ~1 us more to build and encode. Measured (H100, benchmarks/kernels.py, bf16): up to 917K
+# elements (32 tokens of Mixtral-8x7B) that host cost decides and the kernel ran 0.94-0.98x
+# of the compiled node; at 12.6M (Qwen3-30B-A3B prefill) the kernel's own GPU time is 10%
+# lower (26.8 against 29.9 us from the CUDA profiler) and at 29M-59M it reaches the copy
+# kernel's bandwidth. 2^22 is where 10% of the GPU time (~1.2 us) outweighs the host cost.
+# The packed forms always run the kernel: it saves the split.
+GLU_KERNEL_MIN_SIZE = 1 << 22
 
 
 def _glu_kernel(kernel: Any, size: int, op: str) -> bool:
