@@ -545,6 +545,22 @@ def test_dropout_is_deterministic_per_key(device):
     assert kernels.dropout(x, 0.0) is x
 
 
+def test_dropout_draws_its_key_as_uncompiled_randint_would():
+    """Without a key, the compiled draw gives randint's keys and leaves MLX's random state
+    where randint leaves it, call after call (and a draw changes the next key)."""
+    mx.random.seed(11)
+    want = [kernels._draw_key() for _ in range(3)]
+    state_want = mx.random.state[0]
+    mx.random.seed(11)
+    got = [kernels._fresh_key() for _ in range(3)]
+    state_got = mx.random.state[0]
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == mx.uint32 and g.shape == (2,)
+        assert mx.array_equal(g, w)
+    assert mx.array_equal(state_got, state_want)
+    assert not mx.array_equal(got[0], got[1])
+
+
 def test_dropout_mask_depends_only_on_key_and_position(device):
     """Vectorised (size % 8 == 0) and scalar launches draw the same mask for a position."""
     x = mx.ones((4096,), mx.bfloat16)

@@ -8,6 +8,7 @@ through `mx.custom_function` vjps (themselves kernels where that pays).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -439,9 +440,26 @@ def dropout(x: mx.array, p: float, *, key: mx.array | None = None) -> mx.array:
     if not _backend.on_cuda():
         return ref.dropout(x, float(p), key)
     if key is None:
-        # A fresh Philox key from MLX's global random state (31 random bits per word).
-        key = mx.random.randint(0, 2**31 - 1, (2,), dtype=mx.uint32)
+        key = _fresh_key()
     return _dropout_fused(x, key, float(p))
+
+
+def _draw_key() -> mx.array:
+    # A Philox key from MLX's global random state (31 random bits per word).
+    return mx.random.randint(0, 2**31 - 1, (2,), dtype=mx.uint32)
+
+
+@functools.cache
+def _key_drawer() -> Callable[[], mx.array]:
+    """`_draw_key` compiled with MLX's random state as its input and output: the same keys
+    and the same state afterwards, in 6 graph nodes instead of 26 (randint's dozen small
+    elementwise ops become one; on CPU 8 instead of 19 us to build, 25 instead of 113 to
+    run). Built on first use: reading `mx.random.state` creates the state."""
+    return mx.compile(_draw_key, inputs=mx.random.state, outputs=mx.random.state)
+
+
+def _fresh_key() -> mx.array:
+    return _key_drawer()()
 
 
 # ---------------------------------------------------------------------------------------
