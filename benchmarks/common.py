@@ -99,9 +99,10 @@ def interleaved(
     return out
 
 
-def _copy_variants(nbytes: int) -> dict[str, Callable[[], mx.array]]:
+def _copy_variants(nbytes: int) -> tuple[int, dict[str, Callable[[], mx.array]]]:
     """Ways to copy an fp32 array of `nbytes` (rounded down to 16): MLX's streaming unary
-    kernel (`-x`) and, on CUDA, a 16-byte vectorised copy kernel."""
+    kernel (`-x`) and, on CUDA, a 16-byte vectorised copy kernel; with the bytes one copy
+    reads and writes."""
     n = nbytes // 16 * 4
     x = mx.random.normal((n,))
     mx.eval(x)
@@ -126,7 +127,7 @@ def _copy_variants(nbytes: int) -> dict[str, Callable[[], mx.array]]:
             output_shapes=[x.shape],
             output_dtypes=[x.dtype],
         )[0]
-    return variants
+    return 2 * x.nbytes, variants
 
 
 def copy_bandwidth(nbytes: int, rounds: int) -> float:
@@ -134,15 +135,16 @@ def copy_bandwidth(nbytes: int, rounds: int) -> float:
     better median of MLX's streaming unary kernel (`-x`) and, on CUDA, a 16-byte vectorised
     copy kernel (MLX's binary `x * 1` reaches well under either on an H100). Wall time of one
     call and its sync."""
+    moved, variants = _copy_variants(nbytes)
     best = 0.0
-    for make in _copy_variants(nbytes).values():
+    for make in variants.values():
         mx.eval(make())
         times = []
         for _ in range(rounds):
             t0 = time.perf_counter()
             mx.eval(make())
             times.append(time.perf_counter() - t0)
-        best = max(best, 2 * (nbytes // 16 * 16) / statistics.median(times))
+        best = max(best, moved / statistics.median(times))
     return best
 
 
@@ -173,12 +175,12 @@ def kernel_seconds(call: Callable[[int], object], n: int) -> float | None:
 def copy_kernel_bandwidth(nbytes: int, n: int = 8) -> float | None:
     """copy_bandwidth's 16-byte copy kernel over `nbytes`, timed by kernel_seconds: the
     reference for kernel_seconds-based bandwidths. None where kernel_seconds is."""
-    variants = _copy_variants(nbytes)
+    moved, variants = _copy_variants(nbytes)
     if "copy kernel" not in variants:
         return None
     make = variants["copy kernel"]
     t = kernel_seconds(lambda _: make(), n)
-    return None if t is None else 2 * (nbytes // 16 * 16) / t
+    return None if t is None else moved / t
 
 
 def median(xs: Sequence[float]) -> float:

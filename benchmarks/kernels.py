@@ -335,6 +335,13 @@ def call_on(fn: Callable, sets: list[tuple], i: int):
     return fn(*sets[i % len(sets)])
 
 
+def kernel_share(case: dict) -> str:
+    """A case's profiler bandwidth and share of the copy kernel, "-" where it has none."""
+    if "ours_kernel_gbs" not in case:
+        return "-"
+    return f"{case['ours_kernel_gbs']:.0f} ({100 * case['ours_kernel_fraction_of_copy']:.0f}%)"
+
+
 def markdown_table(payload: dict) -> str:
     """The README table: per case, eval µs per call of each variant and our speedup."""
     lines = [
@@ -346,13 +353,10 @@ def markdown_table(payload: dict) -> str:
     for c in payload["cases"]:
         e, s = c["eval_us"], c["speedup_vs_best_mlx"]
         grad = f"{e['ours (grad)']:.1f}" if "ours (grad)" in e else "-"
-        kernel = "-"
-        if "ours_kernel_gbs" in c:
-            kernel = f"{c['ours_kernel_gbs']:.0f} ({100 * c['ours_kernel_fraction_of_copy']:.0f}%)"
         lines.append(
             f"| {c['case']} | {c['shape']} | {e['mlx']:.1f} | {e['compiled']:.1f} "
             f"| {e['ours']:.1f} | {grad} | {s['median']:.2f}x [{s['min']:.2f}-{s['max']:.2f}] "
-            f"| {c['ours_gbs']:.0f} ({100 * c['ours_fraction_of_copy']:.0f}%) | {kernel} |"
+            f"| {c['ours_gbs']:.0f} ({100 * c['ours_fraction_of_copy']:.0f}%) | {kernel_share(c)} |"
         )
     lines.append("")
     copies = f"copy bandwidth {payload['copy_gbs']:.0f} GB/s"
@@ -434,14 +438,12 @@ def main() -> None:
             "ours_gbs": gbs,
             "ours_fraction_of_copy": gbs / copy_gbs,
         }
-        kernel_gbs = float("nan")
         if bytes_moved >= LARGE and copy_kernel is not None:
             times = {v: kernel_seconds(f, len(sets)) for v, f in calls.items()}
             if all(t is not None for t in times.values()):
                 rec["kernel_us"] = {v: 1e6 * t for v, t in times.items()}
-                kernel_gbs = bytes_moved / times["ours"] / 1e9
-                rec["ours_kernel_gbs"] = kernel_gbs
-                rec["ours_kernel_fraction_of_copy"] = kernel_gbs * 1e9 / copy_kernel
+                rec["ours_kernel_gbs"] = bytes_moved / times["ours"] / 1e9
+                rec["ours_kernel_fraction_of_copy"] = rec["ours_kernel_gbs"] * 1e9 / copy_kernel
         records.append(rec)
         rows.append(
             [
@@ -454,9 +456,7 @@ def main() -> None:
                 f"{rec['build_us']['ours']:.1f}",
                 f"{speed['median']:.2f}x [{speed['min']:.2f}-{speed['max']:.2f}]",
                 f"{gbs:.0f} ({100 * gbs / copy_gbs:.0f}%)",
-                "-"
-                if "ours_kernel_gbs" not in rec
-                else f"{kernel_gbs:.0f} ({100 * rec['ours_kernel_fraction_of_copy']:.0f}%)",
+                kernel_share(rec),
             ]
         )
         write_json(args.output, payload)  # after every case: a cut run keeps what it measured

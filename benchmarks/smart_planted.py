@@ -69,8 +69,8 @@ def main() -> None:
     saved = list(registry.ALL)
     registry.register(PlantedSlow())
     try:
-        candidates = [*registry.names()]
-        candidates.remove("qmv")  # opt-in: patch's default set plus the plant
+        # patch's default set (opt-in patterns such as qmv left out) plus the plant
+        candidates = [p.name for p in registry.ALL if p.by_default]
         t0 = time.perf_counter()
         report = smart_patch(
             model,
