@@ -51,6 +51,20 @@ def _name(a: mx.array) -> str:
     return str(a.dtype).split(".")[-1]
 
 
+def build(name: str, src: str) -> ctypes.CDLL:
+    """Compiles host C++ under emu.h into a shared library, cached by source."""
+    BUILD.mkdir(exist_ok=True)
+    so = BUILD / f"{name}_{hashlib.sha256(src.encode()).hexdigest()[:16]}.so"
+    if not so.exists():
+        cpp = so.with_suffix(f".{id(src)}.cpp")
+        cpp.write_text(src)
+        tmp = so.with_suffix(f".{id(src)}.tmp")
+        cmd = ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-w", *INCLUDES, "-I", str(HERE)]
+        subprocess.run([*cmd, str(cpp), "-o", str(tmp), "-lpthread"], check=True)
+        tmp.replace(so)
+    return ctypes.CDLL(str(so))
+
+
 def run(launch: _native.Launch, inputs: list[mx.array]) -> list[np.ndarray]:
     """Compiles (cached by source) and runs one launch; outputs start poisoned."""
     spec = _native.kernel_spec(launch.kernel)
@@ -84,16 +98,7 @@ def run(launch: _native.Launch, inputs: list[mx.array]) -> list[np.ndarray]:
             "}",
         ]
     )
-    BUILD.mkdir(exist_ok=True)
-    so = BUILD / f"{launch.kernel}_{hashlib.sha256(src.encode()).hexdigest()[:16]}.so"
-    if not so.exists():
-        cpp = so.with_suffix(f".{id(src)}.cpp")
-        cpp.write_text(src)
-        tmp = so.with_suffix(f".{id(src)}.tmp")
-        cmd = ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-w", *INCLUDES, "-I", str(HERE)]
-        subprocess.run([*cmd, str(cpp), "-o", str(tmp), "-lpthread"], check=True)
-        tmp.replace(so)
-    lib = ctypes.CDLL(str(so))
+    lib = build(launch.kernel, src)
     arrays = [np.ascontiguousarray(np.array(a)) for a in inputs]
     outs = [
         np.full(tuple(s), np.iinfo(np.uint32).max if d == "uint32" else np.nan, dtype=NP[d])
@@ -217,6 +222,50 @@ def test_moe_gating_ties_follow_the_rule(mode):
         for row, got in zip(np.array(logits), indices, strict=True):
             order = sorted(range(experts), key=lambda e: (row[e], sign * e), reverse=True)
             assert list(got) == order[:k], (ties, row, got)
+
+
+def philox4x32_10(counter: int, k0: int, k1: int) -> tuple[int, ...]:
+    """Philox4x32-10 (Salmon et al., SC'11) in Python, counter words 2 and 3 zero."""
+    m = 0xFFFFFFFF
+    c = [counter & m, counter >> 32, 0, 0]
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [(p1 >> 32) ^ c[1] ^ k0, p1 & m, (p0 >> 32) ^ c[3] ^ k1, p0 & m]
+        k0, k1 = (k0 + 0x9E3779B9) & m, (k1 + 0xBB67AE85) & m
+    return tuple(c)
+
+
+def test_philox_is_random123s_philox4x32_10():
+    # Random123's known answer for a zero counter and key (its kat_vectors file).
+    assert philox4x32_10(0, 0, 0) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    lib = build(
+        "philox",
+        "\n".join(
+            [
+                '#include "emu.h"',
+                _native.kernel_spec("zmlx_dropout").header,
+                'extern "C" void philox(uint32_t* out, unsigned long long c, uint32_t k0,',
+                "                       uint32_t k1) {",
+                "  const uint4 r = zm::philox(c, k0, k1);",
+                "  out[0] = r.x; out[1] = r.y; out[2] = r.z; out[3] = r.w;",
+                "}",
+            ]
+        ),
+    )
+    rng = np.random.default_rng()
+    cases = [
+        (0, 0, 0),
+        *((int(rng.integers(2**63)), *map(int, rng.integers(2**32, size=2))) for _ in range(64)),
+    ]
+    for counter, k0, k1 in cases:
+        out = np.zeros(4, np.uint32)
+        lib.philox(
+            out.ctypes.data_as(ctypes.c_void_p),
+            ctypes.c_ulonglong(counter),
+            ctypes.c_uint32(k0),
+            ctypes.c_uint32(k1),
+        )
+        assert tuple(int(v) for v in out) == philox4x32_10(counter, k0, k1), (counter, k0, k1)
 
 
 def test_dropout_mask_is_a_function_of_key_and_position():
