@@ -95,6 +95,15 @@ def mlx_dropout(x, p):
     return (mask * x) * (1 / (1 - p))
 
 
+def device_key(seed: int) -> mx.array:
+    """mx.random.key(seed) as a view of a 16-byte buffer: MLX-CUDA keeps arrays of 8 bytes or
+    less (a key) in a pool of managed memory, larger results of GPU ops in device memory."""
+    key = mx.random.key(seed)
+    view = mx.concatenate([key, key])[:2]
+    mx.eval(view)
+    return view
+
+
 def stream_branch_weight(shape: tuple[int, ...]) -> tuple[mx.array, ...]:
     """x, r (..., D) and an RMSNorm weight (D,)."""
     return (*normals(shape, shape), mx.random.uniform(0.5, 1.5, shape[-1:]).astype(DT))
@@ -324,6 +333,9 @@ def cases(quick: bool) -> list[Case]:
                 "ours": partial(kernels.dropout, p=0.1),
                 # The kernel alone: no key drawn from the global random state per call.
                 "ours (given key)": partial(kernels.dropout, p=0.1, key=mx.random.key(0)),
+                "ours (given key, device buffer)": partial(
+                    kernels.dropout, p=0.1, key=device_key(0)
+                ),
             },
             lambda a: 2 * a[0].nbytes,
         )
