@@ -183,6 +183,15 @@ def copy_kernel_bandwidth(nbytes: int, n: int = 8) -> float | None:
     return None if t is None else moved / t
 
 
+def copy_summary(copy_gbs: float, copy_kernel_gbs: float | None) -> str:
+    """The copy references of a run in words (GB/s, read + write): the wall-timed copy and,
+    where the profiler ran, the copy kernel's kernel time."""
+    text = f"copy {copy_gbs:.0f} GB/s (wall)"
+    if copy_kernel_gbs is not None:
+        text += f", copy kernel {copy_kernel_gbs:.0f} GB/s (profiler)"
+    return text
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 

@@ -30,6 +30,7 @@ import zmlx_rs
 from common import (
     copy_bandwidth,
     copy_kernel_bandwidth,
+    copy_summary,
     device_name,
     interleaved,
     kernel_seconds,
@@ -371,14 +372,11 @@ def markdown_table(payload: dict) -> str:
             f"| {c['ours_gbs']:.0f} ({100 * c['ours_fraction_of_copy']:.0f}%) | {kernel_share(c)} |"
         )
     lines.append("")
-    copies = f"copy bandwidth {payload['copy_gbs']:.0f} GB/s"
-    if payload.get("copy_kernel_gbs"):
-        copies += f"; copy kernel (profiler) {payload['copy_kernel_gbs']:.0f} GB/s"
     lines.append(
         f"{payload['device']}, mlx {payload['mlx']}, zmlx_rs {payload['zmlx_rs']}, "
         f"{payload['dtype']}; eval time per call from {payload['rounds']} interleaved rounds "
         f"of many calls in one graph; kernel time from the CUDA profiler, each call alone; "
-        f"{copies}."
+        f"{copy_summary(payload['copy_gbs'], payload.get('copy_kernel_gbs'))}."
     )
     return "\n".join(lines)
 
@@ -473,9 +471,7 @@ def main() -> None:
         )
         write_json(args.output, payload)  # after every case: a cut run keeps what it measured
     path = write_json(args.output, payload)
-    copies = f"copy bandwidth: {copy_gbs:.0f} GB/s"
-    if copy_kernel is not None:
-        copies += f" (copy kernel, profiler: {copy_kernel / 1e9:.0f} GB/s)"
+    copies = copy_summary(copy_gbs, payload["copy_kernel_gbs"])
     print(f"device: {dev}   {copies}   rounds: {args.rounds}   -> {path}")
     print(
         table(

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
-from common import copy_bandwidth, copy_kernel_bandwidth, kernel_seconds
+from common import copy_bandwidth, copy_kernel_bandwidth, copy_summary, kernel_seconds
 from zmlx_rs import _backend, kernels
 from zmlx_rs import reference as ref
 
@@ -203,9 +203,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    copies = f"copy {copy_big / 1e9:.0f} GB/s (read+write, wall)"
-    if copy_kernel is not None:
-        copies += f", copy kernel {copy_kernel / 1e9:.0f} GB/s (profiler)"
+    copies = copy_summary(copy_big / 1e9, result["copy_kernel_GBps"])
     print(f"{result['device']} ({result['backend']}): {copies}")
     print(
         f"{'shape':<15}{'op':<20}{'MB':>7}{'fused us':>10}{'GB/s':>8}{'of copy':>9}"
