@@ -422,7 +422,9 @@ def dropout(x: mx.array, p: float, *, key: mx.array | None = None) -> mx.array:
 
     Deterministic for a given `key` (from `mx.random.key`); without one, a key is drawn from
     MLX's global random state, as `mlx.nn.Dropout` does. `p == 0` returns `x` itself. The mask
-    for a key differs between the CUDA kernel and the MLX fallback.
+    for a key differs between the CUDA kernel and the MLX fallback. On MLX-CUDA a key straight
+    from `mx.random.key` (8 bytes) lives in managed memory and slows the kernel (23 against
+    13 us at 2048 x 4096 bf16 on an H100); the keys of `mx.random.split` do not.
     """
     if not isinstance(p, (int, float)) or isinstance(p, bool):
         raise _native.ZmlxError(f"dropout(): 'p' must be a float in [0, 1), got {p!r}")
