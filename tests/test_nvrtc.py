@@ -304,7 +304,7 @@ def test_precompiled_ops_match_jit(precompiled_on):
 @pytest.mark.cuda
 def test_public_ops_run_through_the_jit_by_default(fresh_state):
     x = mx.random.normal((4, 256)).astype(mx.bfloat16)
-    mx.eval(K.swiglu(x, x))
+    mx.eval(K.swiglu(x, x, kernel=True))
     report = _compile.report()
     assert report["path"] == "cuda_kernel" and "by default" in report["reason"], report
 
@@ -314,8 +314,9 @@ def test_public_ops_run_precompiled_when_asked(fresh_state):
     _compile.use_precompiled(True)
     # A launch signature no other test uses: the switch applies to launches not yet resolved
     # in this process (an earlier test's (4, 256) swiglu stayed on the JIT on the H100).
+    # kernel=True: below GLU_KERNEL_MIN_SIZE swiglu would run the compiled MLX reference.
     x = mx.random.normal((3, 4099)).astype(mx.bfloat16)
-    mx.eval(K.swiglu(x, x))
+    mx.eval(K.swiglu(x, x, kernel=True))
     report = _compile.report()
     assert report["path"] == "precompiled", report
     assert not report["fallbacks"]
@@ -329,7 +330,8 @@ def test_a_fresh_process_reads_the_warm_cache(tmp_path):
         from zmlx_rs import _compile, kernels
         _compile.use_precompiled(True)
         x = mx.ones((2, 64), dtype=mx.float16)
-        mx.eval(kernels.swiglu(x, x), kernels.swiglu_packed(mx.concatenate([x, x], -1)))
+        h = mx.concatenate([x, x], -1)
+        mx.eval(kernels.swiglu(x, x, kernel=True), kernels.swiglu_packed(h))
         print(sorted(_compile.report()["cache"].items()))
         """
     )
@@ -374,5 +376,5 @@ def test_patch_report_summary_names_the_path(fresh_state):
 
     _compile.use_precompiled(True)
     x = mx.ones((2, 64), dtype=mx.bfloat16)
-    mx.eval(K.swiglu(x, x))
+    mx.eval(K.swiglu(x, x, kernel=True))
     assert "kernels: precompiled" in str(PatchReport()), _compile.report()
