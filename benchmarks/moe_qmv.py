@@ -7,7 +7,10 @@ per call: wall, one graph of CALLS independent calls evaluated at once, median o
 (what a caller sees, host cost and MLX's running of independent calls side by side
 included); and kernel, the CUDA profiler's kernel durations with each call evaluated alone
 (common.kernel_seconds; where torch is installed). The kernel share of copy bandwidth holds
-the kernel time to the copy kernel timed the same way over 1 GiB. Writes
+the kernel time to the copy kernel timed the same way over 1 GiB. A read floor puts that in
+context: the kernel time of a plain gathered read of exactly the bytes a call reads (the
+picked experts' weights, scales and biases, 16-byte loads, nothing computed), the best of a
+few launch shapes: what any kernel moving those bytes costs at this size. Writes
 benchmarks/results/moe_qmv.json.
 """
 
@@ -52,6 +55,70 @@ def _experts(n, rows, cols, bits, gs, dtype):
     q, s, b = mx.quantize(w, group_size=gs, bits=bits)
     mx.eval(q, s, b)
     return q, s, b
+
+
+_READ_SOURCE = """
+  // Every 16-byte chunk of the picked experts' weights, scales and biases, read once: chunks
+  // READ_CH at a time per thread, all loads issued before the first use.
+  const uint32_t e = min(indices[blockIdx.y], static_cast<uint32_t>(READ_E - 1));
+  uint32_t acc = 0;
+  auto sweep = [&](const uint4* p, long long n) {
+    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+    for (long long i0 = blockIdx.x * blockDim.x + threadIdx.x; i0 < n; i0 += READ_CH * stride) {
+      uint4 v[READ_CH];
+#pragma unroll
+      for (int c = 0; c < READ_CH; ++c) {
+        const long long i = i0 + c * stride;
+        v[c] = i < n ? p[i] : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int c = 0; c < READ_CH; ++c) {
+        acc ^= v[c].x ^ v[c].y ^ v[c].z ^ v[c].w;
+      }
+    }
+  };
+  sweep(reinterpret_cast<const uint4*>(w) + e * W16, W16);
+  sweep(reinterpret_cast<const uint4*>(scales) + e * S16, S16);
+  sweep(reinterpret_cast<const uint4*>(biases) + e * S16, S16);
+  if (acc == 0x9E3779B9u) {  // data-dependent, so the loads stay
+    out[0] = acc;
+  }
+"""
+
+
+def read_floor_seconds(experts, picks) -> float | None:
+    """Kernel seconds per call (kernel_seconds) of the plain gathered read of the picked
+    experts' weights, scales and biases (picks[i]: call i's experts), the best of a few launch
+    shapes; None where kernel_seconds is."""
+    w, s, b = experts
+    w16, s16 = w[0].nbytes // 16, s[0].nbytes // 16
+    flat = [p.reshape(-1) for p in picks]
+    mx.eval(flat)
+    sizes = f"constexpr long long W16 = {w16}, S16 = {s16}; constexpr int READ_E = {w.shape[0]};"
+    best = None
+    for blocks, ch in ((16, 8), (32, 8), (64, 4), (128, 2), (256, 4)):
+        kernel = mx.fast.cuda_kernel(
+            name=f"moe_read_floor_{w16}_{s16}_{w.shape[0]}_{ch}",  # a name per specialisation
+            input_names=["w", "scales", "biases", "indices"],
+            output_names=["out"],
+            source=_READ_SOURCE,
+            header=f"{sizes} constexpr int READ_CH = {ch};",
+        )
+
+        def call(i, kernel=kernel, blocks=blocks):
+            return kernel(
+                inputs=[w, s, b, flat[i]],
+                grid=(blocks * 256, flat[i].size, 1),
+                threadgroup=(256, 1, 1),
+                output_shapes=[(1,)],
+                output_dtypes=[mx.uint32],
+            )[0]
+
+        t = kernel_seconds(call, len(flat))
+        if t is None:
+            return None
+        best = t if best is None else min(best, t)
+    return best
 
 
 def _variant(launch, rows: int, warps: int, rows_per_block: int, rows_arg: str):
@@ -133,6 +200,10 @@ def bench_shape(name, d, inter, n_experts, k, bits, gs, dtype, rounds, sweep=Fal
             lambda i: ref.gather_qmv_combine(*triples[i], *down, **q),
         ),
     }
+    reads = {  # what each op's call i reads: its experts and their picks
+        "gather_qmv_swiglu": (up, picks),
+        "gather_qmv_combine": (down, picks),
+    }
     rows = []
     if sweep and _backend.on_cuda():
         for r in sweep_tiles(up, down, xs, picks, scores, acts, d, inter, gs, bits, rounds):
@@ -161,6 +232,9 @@ def bench_shape(name, d, inter, n_experts, k, bits, gs, dtype, rounds, sweep=Fal
                 "unfused_kernel_us": k_unfused * 1e6,
                 "fused_kernel_GBps": nbytes / k_fused / 1e9,
             }
+        floor = None if k_fused is None else read_floor_seconds(*reads[op])
+        if floor is not None:
+            row |= {"read_floor_kernel_us": floor * 1e6, "kernel_of_read_floor": floor / k_fused}
         rows.append(row)
     return rows
 
@@ -208,6 +282,7 @@ def main() -> None:
     print(
         f"{'shape':<15}{'op':<20}{'MB':>7}{'fused us':>10}{'GB/s':>8}{'of copy':>9}"
         f"{'unfused us':>12}{'kernel us':>11}{'GB/s':>8}{'of copy':>9}{'unfused':>9}"
+        f"{'read us':>9}{'of read':>9}"
     )
     for r in rows:
         kernel = (
@@ -217,6 +292,8 @@ def main() -> None:
                 f"{r['fused_kernel_us']:>11.2f}{r['fused_kernel_GBps']:>8.0f}"
                 f"{r.get('kernel_fraction_of_copy', float('nan')):>9.0%}"
                 f"{r['unfused_kernel_us']:>9.2f}"
+                f"{r.get('read_floor_kernel_us', float('nan')):>9.2f}"
+                f"{r.get('kernel_of_read_floor', float('nan')):>9.0%}"
             )
         )
         print(
