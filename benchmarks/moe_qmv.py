@@ -191,25 +191,23 @@ def bench_shape(name, d, inter, n_experts, k, bits, gs, dtype, rounds, sweep=Fal
     runs = {
         "gather_qmv_swiglu": (
             up_bytes,
+            up,
             lambda i: kernels.gather_qmv_swiglu(*pairs[i], *up, **q),
             lambda i: ref.gather_qmv_swiglu(*pairs[i], *up, **q),
         ),
         "gather_qmv_combine": (
             down_bytes,
+            down,
             lambda i: kernels.gather_qmv_combine(*triples[i], *down, **q),
             lambda i: ref.gather_qmv_combine(*triples[i], *down, **q),
         ),
-    }
-    reads = {  # what each op's call i reads: its experts and their picks
-        "gather_qmv_swiglu": (up, picks),
-        "gather_qmv_combine": (down, picks),
     }
     rows = []
     if sweep and _backend.on_cuda():
         for r in sweep_tiles(up, down, xs, picks, scores, acts, d, inter, gs, bits, rounds):
             nbytes = up_bytes if r["op"] == "gather_qmv_swiglu" else down_bytes
             rows.append({"shape": name, "sweep": True, **r, "GBps": nbytes / r["us"] / 1e3})
-    for op, (nbytes, fused, unfused) in runs.items():
+    for op, (nbytes, experts, fused, unfused) in runs.items():
         t_fused = _timed(lambda f=fused: [f(i) for i in range(CALLS)], rounds)
         t_unfused = _timed(lambda f=unfused: [f(i) for i in range(CALLS)], rounds)
         row = {
@@ -232,7 +230,7 @@ def bench_shape(name, d, inter, n_experts, k, bits, gs, dtype, rounds, sweep=Fal
                 "unfused_kernel_us": k_unfused * 1e6,
                 "fused_kernel_GBps": nbytes / k_fused / 1e9,
             }
-        floor = None if k_fused is None else read_floor_seconds(*reads[op])
+        floor = None if k_fused is None else read_floor_seconds(experts, picks)
         if floor is not None:
             row |= {"read_floor_kernel_us": floor * 1e6, "kernel_of_read_floor": floor / k_fused}
         rows.append(row)
