@@ -434,7 +434,7 @@ def dropout(x: mx.array, p: float, *, key: mx.array | None = None) -> mx.array:
     if key is not None:
         k_dtype = _dtype_name(key, "key", "dropout")
         k_shape = list(key.shape)
-    else:
+    else:  # a key's contract; the drawn key has 4 words, of which the kernel reads these 2
         k_dtype, k_shape = "uint32", [2]
     _DROPOUT.launch(
         (x.shape, x.dtype, float(p)), list(x.shape), x_dtype, float(p), k_shape, k_dtype
