@@ -248,18 +248,9 @@ def main() -> None:
     dtype = mx.bfloat16
     copy_big = copy_bandwidth(1 << 30, args.rounds)
     copy_kernel = copy_kernel_bandwidth(1 << 30)
-    rows = []
-    for name, (d, inter, n_experts, k) in SHAPES.items():
-        rows += bench_shape(
-            name, d, inter, n_experts, k, args.bits, args.group_size, dtype, args.rounds, args.sweep
-        )
-    sweeps = [r for r in rows if r.get("sweep")]
-    rows = [r for r in rows if not r.get("sweep")]
-    for r in rows:
-        r["fraction_of_copy"] = r["fused_GBps"] * 1e9 / copy_big
-        if copy_kernel is not None and "fused_kernel_GBps" in r:
-            r["kernel_fraction_of_copy"] = r["fused_kernel_GBps"] * 1e9 / copy_kernel
     device = mx.device_info() if hasattr(mx, "device_info") else {}
+    rows: list[dict] = []
+    sweeps: list[dict] = []
     result = {
         "backend": _backend.name(),
         "device": str(device.get("device_name", platform.processor())),
@@ -274,7 +265,18 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    for name, (d, inter, n_experts, k) in SHAPES.items():
+        for r in bench_shape(
+            name, d, inter, n_experts, k, args.bits, args.group_size, dtype, args.rounds, args.sweep
+        ):
+            if r.get("sweep"):
+                sweeps.append(r)
+                continue
+            r["fraction_of_copy"] = r["fused_GBps"] * 1e9 / copy_big
+            if copy_kernel is not None and "fused_kernel_GBps" in r:
+                r["kernel_fraction_of_copy"] = r["fused_kernel_GBps"] * 1e9 / copy_kernel
+            rows.append(r)
+        out.write_text(json.dumps(result, indent=2))  # after every shape: a cut run keeps it
     copies = copy_summary(copy_big / 1e9, result["copy_kernel_GBps"])
     print(f"{result['device']} ({result['backend']}): {copies}")
     print(
