@@ -1,6 +1,7 @@
 """Per-kernel GPU time of decode steps, unpatched vs patched, from the CUDA profiler.
 
     python benchmarks/gpu_timeline.py --models mistral-7b [--patterns all] [--steps 8]
+    python benchmarks/gpu_timeline.py --models mistral-7b --pipelined --steps 64
 
 MLX has no kernel timeline of its own; PyTorch's profiler (CUPTI underneath) records every
 kernel the process launches, MLX's included, so this runs where `torch` with CUDA is
@@ -9,6 +10,14 @@ evaluated on its own with a pause after it, so a step's kernels form one cluster
 reports the span (first kernel start to last kernel end), the kernels' summed time (above the
 span where independent branches overlap) and the kernels by total time. The span is what the
 GPU needs per token; whether the GPU or the CPU bounds decode is for `step_profile.py`.
+
+`--pipelined` profiles decode as it runs instead: mlx-lm's `generate_step`, step n+1 built
+and encoded while step n runs, back to back. Over the second half of the tokens (steady
+decode) it reports per token the wall time, the GPU's busy time (the union of its kernels'
+intervals) and idle time (the two add up to the wall time), and the CUDA runtime and driver
+calls the process made (graph building, instantiation and launch, synchronisation,
+allocation) by total time: what lies between a step's GPU span measured alone and the token
+time decode sees. The profiler adds host cost of its own: compare configurations of one run.
 Writes benchmarks/results/gpu_timeline-<time>.json and prints a table.
 """
 
@@ -43,20 +52,26 @@ def _steps(model: Any, prompt: mx.array, n: int, gap: float) -> None:
         time.sleep(gap)
 
 
+def _trace(prof: Any) -> list[dict]:
+    """The profiler's complete events ("X": start `ts` and `dur` in microseconds)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    return [e for e in events if e.get("ph") == "X"]
+
+
+def _gpu_events(events: list[dict]) -> list[dict]:
+    return sorted((e for e in events if e.get("cat") in _GPU_EVENTS), key=lambda e: e["ts"])
+
+
 def _profile(model: Any, prompt: mx.array, n: int) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     _steps(model, prompt, 4, 0.0)  # JIT and allocator warm-up
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         _steps(model, prompt, n, GAP_S)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(path))
-        events = json.loads(path.read_text())["traceEvents"]
-    gpu = sorted(
-        (e for e in events if e.get("ph") == "X" and e.get("cat") in _GPU_EVENTS),
-        key=lambda e: e["ts"],
-    )
+    gpu = _gpu_events(_trace(prof))
     clusters: list[list[dict]] = [[]]
     for e in gpu:
         last = clusters[-1][-1] if clusters[-1] else None
@@ -80,10 +95,82 @@ def _profile(model: Any, prompt: mx.array, n: int) -> dict[str, Any]:
     }
 
 
+def busy_idle(gpu: list[dict], start: float, end: float) -> tuple[float, float, int]:
+    """GPU events sorted by start: (busy, idle, events starting) over [start, end), busy the
+    union of their intervals, idle the rest."""
+    busy = 0.0
+    covered = start  # time accounted for up to here
+    for e in gpu:
+        s, f = max(e["ts"], covered), min(e["ts"] + e["dur"], end)
+        if f > s:
+            busy += f - s
+            covered = f
+    return busy, (end - start) - busy, sum(1 for e in gpu if start <= e["ts"] < end)
+
+
+def _profile_pipelined(model: Any, prompt: mx.array, n: int) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity, profile
+
+    measure.decode_tokens_per_s(model, prompt, 8)  # JIT and allocator warm-up
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        tps = measure.decode_tokens_per_s(model, prompt, n)
+    events = _trace(prof)
+    gpu = _gpu_events(events)
+    tokens = max(1, n // 2)
+    end = max(e["ts"] + e["dur"] for e in gpu)
+    start = end - tokens * 1e6 / tps
+    busy, idle, kernels = busy_idle(gpu, start, end)
+    calls: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    for e in events:
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and start <= e["ts"] < end:
+            calls[e["name"]][0] += 1
+            calls[e["name"]][1] += e["dur"]
+    return {
+        "token_us": 1e6 / tps,
+        "tokens_in_window": tokens,
+        "busy_us": busy / tokens,
+        "idle_us": idle / tokens,
+        "kernels_per_token": kernels / tokens,
+        "api": sorted(
+            ({"call": k, "per_token": c / tokens, "us": t / tokens} for k, (c, t) in calls.items()),
+            key=lambda row: -row["us"],
+        )[:12],
+    }
+
+
+def _cells(model: str, config: str, r: dict[str, Any], pipelined: bool) -> list[str]:
+    if pipelined:
+        top = ", ".join(f"{a['call']} {a['per_token']:.0f}x {a['us']:.0f} us" for a in r["api"][:2])
+        return [
+            model,
+            config,
+            f"{r['kernels_per_token']:.0f}",
+            f"{r['token_us']:.0f}",
+            f"{r['busy_us']:.0f}",
+            f"{r['idle_us']:.0f}",
+            top,
+        ]
+    top = r["top"][0]
+    return [
+        model,
+        config,
+        f"{r['kernels_per_step']:.0f}",
+        f"{r['span_us']:.0f}",
+        f"{r['busy_us']:.0f}",
+        f"{top['us']:.0f} us in {top['calls']:.0f} x {top['kernel'][:40]}",
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     model_options(p, "mistral-7b", scaled=False)
     p.add_argument("--steps", type=int, default=8, help="decode steps profiled per config")
+    p.add_argument(
+        "--pipelined",
+        action="store_true",
+        help="profile generate_step's back-to-back decode (per token: wall, GPU busy and "
+        "idle, CUDA API calls) instead of steps evaluated alone",
+    )
     args = parse_model_args(p)
     try:
         import torch
@@ -101,30 +188,25 @@ def main() -> None:
             unpatch(model)
             if config == "patched":
                 row["patched"] = patch(model, patterns=args.chosen).counts()
-            row[config] = _profile(model, prompt, args.steps)
+            profile = _profile_pipelined if args.pipelined else _profile
+            row[config] = profile(model, prompt, args.steps)
         unpatch(model)
         rows.append(row)
         del model
         mx.clear_cache()
-    payload = {**environment(), "steps": args.steps, "rows": rows}
+    payload = {**environment(), "steps": args.steps, "pipelined": args.pipelined, "rows": rows}
     path = write_json(result_name("gpu_timeline"), payload, args.out)
-    lines = []
-    for row in rows:
-        for config in ("unpatched", "patched"):
-            r = row[config]
-            top = r["top"][0]
-            lines.append(
-                [
-                    row["model"],
-                    config,
-                    f"{r['kernels_per_step']:.0f}",
-                    f"{r['span_us']:.0f}",
-                    f"{r['busy_us']:.0f}",
-                    f"{top['us']:.0f} us in {top['calls']:.0f} x {top['kernel'][:40]}",
-                ]
-            )
-    header = ["model", "config", "kernels", "span us", "busy us", "largest"]
-    print(f"{payload['device']}, {args.steps} decode steps per config")
+    lines = [
+        _cells(row["model"], config, row[config], args.pipelined)
+        for row in rows
+        for config in ("unpatched", "patched")
+    ]
+    if args.pipelined:
+        header = ["model", "config", "kernels", "token us", "busy us", "idle us", "top calls"]
+        print(f"{payload['device']}, generate_step, {args.steps} tokens per config, per token")
+    else:
+        header = ["model", "config", "kernels", "span us", "busy us", "largest"]
+        print(f"{payload['device']}, {args.steps} decode steps per config")
     print(table(lines, header))
     print(f"wrote {path}")
 
