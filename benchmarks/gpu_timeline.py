@@ -95,7 +95,7 @@ def _profile(model: Any, prompt: mx.array, n: int) -> dict[str, Any]:
     }
 
 
-def busy_idle(gpu: list[dict], start: float, end: float) -> tuple[float, float, int]:
+def _busy_idle(gpu: list[dict], start: float, end: float) -> tuple[float, float, int]:
     """GPU events sorted by start: (busy, idle, events starting) over [start, end), busy the
     union of their intervals, idle the rest."""
     busy = 0.0
@@ -119,7 +119,7 @@ def _profile_pipelined(model: Any, prompt: mx.array, n: int) -> dict[str, Any]:
     tokens = max(1, n // 2)
     end = max(e["ts"] + e["dur"] for e in gpu)
     start = end - tokens * 1e6 / tps
-    busy, idle, kernels = busy_idle(gpu, start, end)
+    busy, idle, events_in = _busy_idle(gpu, start, end)
     calls: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
     for e in events:
         if e.get("cat") in ("cuda_runtime", "cuda_driver") and start <= e["ts"] < end:
@@ -128,9 +128,9 @@ def _profile_pipelined(model: Any, prompt: mx.array, n: int) -> dict[str, Any]:
     return {
         "token_us": 1e6 / tps,
         "tokens_in_window": tokens,
-        "busy_us": busy / tokens,
+        "union_busy_us": busy / tokens,
         "idle_us": idle / tokens,
-        "kernels_per_token": kernels / tokens,
+        "gpu_events_per_token": events_in / tokens,
         "api": sorted(
             ({"call": k, "per_token": c / tokens, "us": t / tokens} for k, (c, t) in calls.items()),
             key=lambda row: -row["us"],
@@ -144,9 +144,9 @@ def _cells(model: str, config: str, r: dict[str, Any], pipelined: bool) -> list[
         return [
             model,
             config,
-            f"{r['kernels_per_token']:.0f}",
+            f"{r['gpu_events_per_token']:.0f}",
             f"{r['token_us']:.0f}",
-            f"{r['busy_us']:.0f}",
+            f"{r['union_busy_us']:.0f}",
             f"{r['idle_us']:.0f}",
             top,
         ]
@@ -179,6 +179,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("gpu_timeline.py needs a CUDA GPU")
     torch.cuda.init()
+    profile = _profile_pipelined if args.pipelined else _profile
     rows = []
     for name in args.names:
         model = synthetic.build(synthetic.SHAPES[name], layers=args.layers, dtype=mx.bfloat16)
@@ -188,7 +189,6 @@ def main() -> None:
             unpatch(model)
             if config == "patched":
                 row["patched"] = patch(model, patterns=args.chosen).counts()
-            profile = _profile_pipelined if args.pipelined else _profile
             row[config] = profile(model, prompt, args.steps)
         unpatch(model)
         rows.append(row)
@@ -202,7 +202,7 @@ def main() -> None:
         for config in ("unpatched", "patched")
     ]
     if args.pipelined:
-        header = ["model", "config", "kernels", "token us", "busy us", "idle us", "top calls"]
+        header = ["model", "config", "events", "token us", "GPU busy us", "idle us", "top calls"]
         print(f"{payload['device']}, generate_step, {args.steps} tokens per config, per token")
     else:
         header = ["model", "config", "kernels", "span us", "busy us", "largest"]
