@@ -360,20 +360,24 @@ def kernel_share(case: dict) -> str:
 
 
 def markdown_table(payload: dict) -> str:
-    """The README table: per case, eval µs per call of each variant and our speedup."""
+    """The README table: per case, eval µs per call of each variant and our speedup; at
+    large sizes the GPU time of the compiled MLX node and ours (CUDA profiler)."""
     lines = [
         "| case | shape | MLX ops µs | mx.compile µs | ours µs | ours (grad) µs "
-        "| ours vs best MLX, median [min-max] | ours GB/s (% of copy) "
-        "| ours kernel GB/s (% of copy kernel) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ours vs best MLX, median [min-max] | GPU µs, mx.compile / ours "
+        "| ours GB/s (% of copy) | ours kernel GB/s (% of copy kernel) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in payload["cases"]:
         e, s = c["eval_us"], c["speedup_vs_best_mlx"]
         grad = f"{e['ours (grad)']:.1f}" if "ours (grad)" in e else "-"
+        k = c.get("kernel_us")
+        gpu = "-" if k is None else f"{k['compiled']:.1f} / {k['ours']:.1f}"
         lines.append(
             f"| {c['case']} | {c['shape']} | {e['mlx']:.1f} | {e['compiled']:.1f} "
             f"| {e['ours']:.1f} | {grad} | {s['median']:.2f}x [{s['min']:.2f}-{s['max']:.2f}] "
-            f"| {c['ours_gbs']:.0f} ({100 * c['ours_fraction_of_copy']:.0f}%) | {kernel_share(c)} |"
+            f"| {gpu} | {c['ours_gbs']:.0f} ({100 * c['ours_fraction_of_copy']:.0f}%) "
+            f"| {kernel_share(c)} |"
         )
     lines.append("")
     lines.append(
