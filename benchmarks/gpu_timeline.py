@@ -1,7 +1,7 @@
 """Per-kernel GPU time of decode steps, unpatched vs patched, from the CUDA profiler.
 
     python benchmarks/gpu_timeline.py --models mistral-7b [--patterns all] [--steps 8]
-    python benchmarks/gpu_timeline.py --models mistral-7b --pipelined --steps 64
+    python benchmarks/gpu_timeline.py --models mistral-7b --pipelined --steps 64 [--runs 8]
 
 MLX has no kernel timeline of its own; PyTorch's profiler (CUPTI underneath) records every
 kernel the process launches, MLX's included, so this runs where `torch` with CUDA is
@@ -17,7 +17,13 @@ decode) it reports per token the wall time, the GPU's busy time (the union of it
 intervals) and idle time (the two add up to the wall time), and the CUDA runtime and driver
 calls the process made (graph building, instantiation and launch, synchronisation,
 allocation) by total time: what lies between a step's GPU span measured alone and the token
-time decode sees. The profiler adds host cost of its own: compare configurations of one run.
+time decode sees, and per token the CUDA graph calls (instantiations, updates, launches).
+The profiler adds host cost of its own: compare configurations of one run.
+
+`--runs N` profiles N runs per config, unpatched and patched alternating (each patched run
+patches anew, as e2e.py's rounds do), one table line per run: decode speed that changes from
+run to run (a host-bound patched step ran 125-160 or 200-285 tok/s a run on one H100) shows
+next to what the host did in that run.
 Writes benchmarks/results/gpu_timeline-<time>.json and prints a table.
 """
 
@@ -40,6 +46,8 @@ from zmlx_rs import measure, patch, synthetic, unpatch
 PROMPT = 16
 GAP_S = 0.004  # pause after each step: kernels more than 2 ms apart belong to another step
 _GPU_EVENTS = ("kernel", "gpu_memset", "gpu_memcpy")
+_GRAPH_CALLS = ("GraphInstantiate", "GraphExecUpdate", "GraphLaunch")  # by name substring
+_CONFIGS = ("unpatched", "patched")
 
 
 def _steps(model: Any, prompt: mx.array, n: int, gap: float) -> None:
@@ -125,12 +133,17 @@ def _profile_pipelined(model: Any, prompt: mx.array, n: int) -> dict[str, Any]:
         if e.get("cat") in ("cuda_runtime", "cuda_driver") and start <= e["ts"] < end:
             calls[e["name"]][0] += 1
             calls[e["name"]][1] += e["dur"]
+    graph_calls = {
+        kind: sum(c for name, (c, _) in calls.items() if kind in name) / tokens
+        for kind in _GRAPH_CALLS
+    }
     return {
         "token_us": 1e6 / tps,
         "tokens_in_window": tokens,
         "union_busy_us": busy / tokens,
         "idle_us": idle / tokens,
         "gpu_events_per_token": events_in / tokens,
+        "graph_calls_per_token": graph_calls,
         "api": sorted(
             ({"call": k, "per_token": c / tokens, "us": t / tokens} for k, (c, t) in calls.items()),
             key=lambda row: -row["us"],
@@ -138,22 +151,24 @@ def _profile_pipelined(model: Any, prompt: mx.array, n: int) -> dict[str, Any]:
     }
 
 
-def _cells(model: str, config: str, r: dict[str, Any], pipelined: bool) -> list[str]:
+def _cells(model: str, r: dict[str, Any], pipelined: bool) -> list[str]:
     if pipelined:
         top = ", ".join(f"{a['call']} {a['per_token']:.0f}x {a['us']:.0f} us" for a in r["api"][:2])
+        graph = r["graph_calls_per_token"]
         return [
             model,
-            config,
+            r["config"],
             f"{r['gpu_events_per_token']:.0f}",
             f"{r['token_us']:.0f}",
             f"{r['union_busy_us']:.0f}",
             f"{r['idle_us']:.0f}",
+            " / ".join(f"{graph[k]:.2f}" for k in _GRAPH_CALLS),
             top,
         ]
     top = r["top"][0]
     return [
         model,
-        config,
+        r["config"],
         f"{r['kernels_per_step']:.0f}",
         f"{r['span_us']:.0f}",
         f"{r['busy_us']:.0f}",
@@ -171,7 +186,12 @@ def main() -> None:
         help="profile generate_step's back-to-back decode (per token: wall, GPU busy and "
         "idle, CUDA API calls) instead of steps evaluated alone",
     )
+    p.add_argument(
+        "--runs", type=int, default=1, help="profiled runs per config, the configs alternating"
+    )
     args = parse_model_args(p)
+    if args.runs < 1:
+        p.error(f"--runs must be >= 1, got {args.runs}")
     try:
         import torch
     except ImportError as e:
@@ -184,26 +204,38 @@ def main() -> None:
     for name in args.names:
         model = synthetic.build(synthetic.SHAPES[name], layers=args.layers, dtype=mx.bfloat16)
         prompt = measure.prompt_tokens(model, None, PROMPT, seed=1)
-        row: dict[str, Any] = {"model": name}
-        for config in ("unpatched", "patched"):
-            unpatch(model)
-            if config == "patched":
-                row["patched"] = patch(model, patterns=args.chosen).counts()
-            row[config] = profile(model, prompt, args.steps)
+        row: dict[str, Any] = {"model": name, "runs": []}
+        for r in range(args.runs):
+            for config in _CONFIGS if r % 2 == 0 else _CONFIGS[::-1]:
+                unpatch(model)
+                if config == "patched":
+                    row["patterns"] = patch(model, patterns=args.chosen).counts()
+                row["runs"].append({"config": config, **profile(model, prompt, args.steps)})
         unpatch(model)
         rows.append(row)
         del model
         mx.clear_cache()
-    payload = {**environment(), "steps": args.steps, "pipelined": args.pipelined, "rows": rows}
+    payload = {
+        **environment(),
+        "steps": args.steps,
+        "pipelined": args.pipelined,
+        "runs": args.runs,
+        "rows": rows,
+    }
     path = write_json(result_name("gpu_timeline"), payload, args.out)
-    lines = [
-        _cells(row["model"], config, row[config], args.pipelined)
-        for row in rows
-        for config in ("unpatched", "patched")
-    ]
+    lines = [_cells(row["model"], run, args.pipelined) for row in rows for run in row["runs"]]
     if args.pipelined:
-        header = ["model", "config", "events", "token us", "GPU busy us", "idle us", "top calls"]
-        print(f"{payload['device']}, generate_step, {args.steps} tokens per config, per token")
+        header = [
+            "model",
+            "config",
+            "events",
+            "token us",
+            "GPU busy us",
+            "idle us",
+            "graph instantiate / update / launch",
+            "top calls",
+        ]
+        print(f"{payload['device']}, generate_step, {args.steps} tokens a run, per token")
     else:
         header = ["model", "config", "kernels", "span us", "busy us", "largest"]
         print(f"{payload['device']}, {args.steps} decode steps per config")
