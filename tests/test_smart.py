@@ -12,6 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 import zmlx_rs
+from mlx_lm.models.llama import Attention
 from tiny import build, snapshot
 from zmlx_rs import _native, measure
 from zmlx_rs import patterns as registry
@@ -24,19 +25,22 @@ DELAY_S = 0.004
 
 
 class Dawdling(nn.Module):
-    """An MLP that wastes time before computing: the slow baseline a good pattern fixes."""
+    """An MLP that wastes time before computing: the slow baseline a good pattern fixes. It
+    does not wait while both halves of the planted pair are applied somewhere in the model."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
 
     def __call__(self, x: mx.array) -> mx.array:
-        time.sleep(DELAY_S)
+        if not (PairA.live and PairB.live):
+            time.sleep(DELAY_S)
         return self.inner(x)
 
 
 class _Planted(Fused):
     calls = 0
+    live = 0
 
     def __call__(self, x: mx.array) -> mx.array:
         type(self).calls += 1
@@ -66,6 +70,21 @@ class FastFused(_Planted):
         return self.original.inner(x)
 
 
+class PairA(_Planted):
+    """Half of a pair: a pass-through that speeds the model up only with the other half."""
+
+    pattern = "planted_pair_a"
+    live = 0  # applied instances
+
+    def __call__(self, *args, **kwargs):
+        return self.original(*args, **kwargs)
+
+
+class PairB(PairA):
+    pattern = "planted_pair_b"
+    live = 0
+
+
 class _PlantedPattern(Pattern):
     def __init__(self, fused: type[_Planted], target: type[nn.Module]) -> None:
         self.name = fused.pattern
@@ -77,9 +96,11 @@ class _PlantedPattern(Pattern):
         return OK if type(module) is self.target else None
 
     def apply(self, module: nn.Module, path: str) -> Fused:
+        self.fused.live += 1
         return self.fused(module)
 
     def revert(self, fused: Fused) -> nn.Module:
+        self.fused.live -= 1
         return fused.original
 
 
@@ -92,6 +113,8 @@ def planted(tmp_path, monkeypatch):
         _PlantedPattern(SlowFused, Dawdling),
         _PlantedPattern(WrongFused, Dawdling),
         _PlantedPattern(FastFused, Dawdling),
+        _PlantedPattern(PairA, Attention),
+        _PlantedPattern(PairB, nn.RMSNorm),
     ):
         registry.register(p)
     yield
@@ -157,6 +180,44 @@ def test_slow_pattern_alone_leaves_the_model_unpatched(planted):
     d = report.decisions[0]
     assert [m.workload for m in d.measurements] == ["decode", "prefill"]
     assert "loss" in d.reason or "not faster" in d.reason
+
+
+def test_patterns_that_win_only_together_are_kept_together(planted):
+    model = dawdling_llama()
+    report = smart_patch(
+        model,
+        patterns=["planted_slow", "planted_pair_a", "planted_pair_b"],
+        workloads=("decode",),
+        budget_s=20,
+        progress=False,
+    )
+    by_name = {d.pattern: d for d in report.decisions}
+    for half in ("planted_pair_a", "planted_pair_b"):
+        alone = by_name[half].ratio("decode")
+        assert alone is not None and alone.verdict != "gain", str(report)
+        assert by_name[half].reason == "kept with planted_pair_a+planted_pair_b: faster together"
+    # The slow pattern lost alone, so it is not in the joint set.
+    assert by_name["planted_slow"].ratio("decode").verdict == "loss"
+    assert report.kept == ["planted_pair_a", "planted_pair_b"], str(report)
+    v = report.verification
+    assert v is not None and v.kept and v.pattern == "planted_pair_a+planted_pair_b"
+    assert v.ratio("decode").ci_low > 1.02
+    assert fused_patterns(model) == {"planted_pair_a", "planted_pair_b"}
+    assert PairA.live and PairB.live
+    zmlx_rs.unpatch(model)
+    assert fused_patterns(model) == set() and not (PairA.live or PairB.live)
+
+
+def test_no_joint_set_when_a_pattern_wins_alone(planted):
+    report = smart_patch(
+        dawdling_llama(),
+        patterns=["planted_fast", "planted_pair_a"],
+        workloads=("decode",),
+        budget_s=10,
+        progress=False,
+    )
+    assert report.kept == ["planted_fast"], str(report)
+    assert report.verification is not None and report.verification.pattern == "planted_fast"
 
 
 def test_second_call_applies_the_cached_plan(planted):

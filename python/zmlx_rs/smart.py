@@ -9,6 +9,9 @@ to the Rust statistics (`zmlx_rs._native.compare_rounds`): median ratio and a se
 percentile-bootstrap interval per workload; a pattern is kept when, on the workloads asked
 for, it gains more than `min_gain` on at least one and loses more than `min_gain` on none.
 The kept set is re-checked together against the unpatched model before it is applied.
+Where no pattern wins alone, the patterns that did not lose are measured together the same
+way and kept together if that wins: fusions whose savings are too small to show one at a
+time can add up (on a host-bound decode step, each removes a share of the host's work).
 
 The decision is cached on disk, keyed by a fingerprint of the model (class, config,
 parameter names, shapes and dtypes), the backend, the device, the versions and the
@@ -66,7 +69,7 @@ _NUMERICS_STEPS = 16
 _NUMERICS_PROMPT = 64
 _DECODE_PROMPT = 32
 _PREFILL_PROMPT = 512  # at most; shorter when the model is too slow for the budget
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: the joint set where no pattern wins alone
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,8 @@ class Decision:
 @dataclass
 class SmartPatchReport(PatchReport):
     """A PatchReport plus why each candidate pattern was kept or dropped, the re-check of
-    the kept set, and whether the plan came from the cache."""
+    the kept set (or, where none won alone, the measurement of the patterns that did not
+    lose, together), and whether the plan came from the cache."""
 
     decisions: list[Decision] = field(default_factory=list)
     verification: Decision | None = None
@@ -545,6 +549,8 @@ class _Session:
                 kept.append(c)
 
         verification = self.verify(kept, decisions)
+        if verification is None:
+            verification = self.joint(candidates, decisions)
         self.bar.update("applying the plan")
         self.use(None)
         final = [n for n in (p.name for p in self.chosen) if decisions[n].kept]
@@ -617,29 +623,38 @@ class _Session:
                 ]
             active = [c for c in active if not _native.settled(c.comparisons)]
 
+    def together(self, names: list[str]) -> Decision:
+        """The set `names` applied together: numerics, then rounds against the unpatched
+        model with what is left of the budget."""
+        label = "+".join(names)
+        self.bar.update(f"checking {label} together")
+        num = self.numerics(names)
+        if not num.ok:
+            return Decision(
+                label, False, f"numerics together: {num.describe()}", (), num.max_abs_dlogit
+            )
+        self.warm_up()
+        both = _Candidate(label, names)
+        self.rounds([both], reserve=False)
+        keep = _native.keep(both.comparisons)
+        return Decision(
+            label,
+            keep,
+            "faster together" if keep else _reason(both, False),
+            _measurements(self.workloads, both.comparisons),
+            num.max_abs_dlogit,
+        )
+
     def verify(self, kept: list[_Candidate], decisions: dict[str, Decision]) -> Decision | None:
         """Re-checks the kept set together against the unpatched model; drops the weakest
         pattern and tries again while the set fails and budget remains."""
         while kept:
             names = [c.name for c in kept]
             label = "+".join(names)
-            self.bar.update(f"re-checking {label}")
-            num = self.numerics(names)
-            if num.ok:
-                self.warm_up()
-                together = _Candidate(label, names)
-                self.rounds([together], reserve=False)
-                if _native.keep(together.comparisons):
-                    return Decision(
-                        label,
-                        True,
-                        "faster together",
-                        _measurements(self.workloads, together.comparisons),
-                        num.max_abs_dlogit,
-                    )
-                why = _reason(together, False)
-            else:
-                why = f"numerics together: {num.describe()}"
+            checked = self.together(names)
+            if checked.kept:
+                return checked
+            why = checked.reason
             weakest = min(kept, key=_strength)
             kept.remove(weakest)
             old = decisions[weakest.name]
@@ -654,6 +669,26 @@ class _Session:
                     )
                 return None
         return None
+
+    def joint(
+        self, candidates: list[_Candidate], decisions: dict[str, Decision]
+    ) -> Decision | None:
+        """Where no pattern won alone: the ones that did not lose (two or more), measured
+        together; kept together if that wins. None when there is no such set or no budget."""
+        names = [
+            c.name
+            for c in candidates
+            if c.comparisons and not any(x.verdict == "loss" for x in c.comparisons)
+        ]
+        if len(names) < 2 or self.left() <= 0:
+            return None
+        checked = self.together(names)
+        if checked.kept:
+            for n in names:
+                decisions[n] = dataclasses.replace(
+                    decisions[n], kept=True, reason=f"kept with {checked.pattern}: faster together"
+                )
+        return checked
 
 
 def _strength(c: _Candidate) -> float:
