@@ -156,6 +156,37 @@ def test_graphs_are_off_by_default_and_the_switch_checks_its_argument(cuda_paths
         use_decode_graphs(1)
 
 
+def _graphs(model: nn.Module) -> list[Fused]:
+    return [m for _, m in model.named_modules() if "_decode_graph" in m.__dict__]
+
+
+def test_patch_turns_graphs_on_per_model_and_plans_carry_it(cuda_paths):
+    use_decode_graphs(False)
+    token = mx.array([[9]])
+    model = tiny.build("qwen3_moe", bits=4, group_size=32)
+    other = tiny.build("qwen3_moe", bits=4, group_size=32, seed=1)
+    want = model(token)
+    report = zmlx_rs.patch(model, decode_graphs=True)
+    assert report.decode_graphs and "decode graphs on" in str(report)
+    assert not zmlx_rs.patch(other).decode_graphs
+    assert mx.allclose(model(token), want, rtol=1e-4, atol=1e-4).item()
+    other(token)
+    assert _graphs(model) and not _graphs(other)
+    assert all(m.decode_graphs for _, m in model.named_modules() if isinstance(m, Fused))
+
+    plan = report.to_dict()
+    assert plan["decode_graphs"] is True
+    zmlx_rs.unpatch(model)
+    assert zmlx_rs.patch(model, plan=plan).decode_graphs  # the plan's setting
+    zmlx_rs.unpatch(model)
+    assert not zmlx_rs.patch(model, plan=plan, decode_graphs=False).decode_graphs
+    # Every fused module of the model follows the latest call, already patched ones too.
+    assert zmlx_rs.patch(model, decode_graphs=True).decode_graphs
+    assert all(m.decode_graphs for _, m in model.named_modules() if isinstance(m, Fused))
+    with pytest.raises(ZmlxError, match="'decode_graphs' must be a bool or None, got 1"):
+        zmlx_rs.patch(model, decode_graphs=1)
+
+
 @pytest.mark.parametrize("family", ["qwen3_moe", "llama", "qwen3"])
 def test_greedy_decode_with_a_cache_keeps_the_tokens(family, cuda_paths):
     model = tiny.build(family, bits=4, group_size=32)
@@ -168,8 +199,7 @@ def test_greedy_decode_with_a_cache_keeps_the_tokens(family, cuda_paths):
     want = greedy()
     zmlx_rs.patch(model)
     assert greedy() == want
-    graphs = [m for _, m in model.named_modules() if "_decode_graph" in m.__dict__]
-    assert graphs
+    assert _graphs(model)
     zmlx_rs.unpatch(model)
     assert greedy() == want
 

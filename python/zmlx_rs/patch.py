@@ -29,6 +29,7 @@ def patch(
     patterns: Iterable[str | Pattern] | None = None,
     exclude: Iterable[str] | None = None,
     plan: PatchReport | dict[str, Any] | None = None,
+    decode_graphs: bool | None = None,
     verbose: bool = False,
 ) -> PatchReport:
     """Fuse what can be fused in `model`, in place; returns what was done and why not.
@@ -39,12 +40,18 @@ def patch(
     - `exclude`: pattern names, or module-path globs (`"model.layers.0.*"`), to leave alone.
     - `plan`: a PatchReport (or its `to_dict()`) from an earlier `patch`: patch exactly the
       modules it lists as patched, each still checked by its pattern.
+    - `decode_graphs`: whether the model's fused modules replay their decode forwards as one
+      compiled call each on MLX-CUDA (`patterns.DecodeGraph`: the same numbers, less host
+      time per token, a gain where the host bounds decode); default: the plan's setting,
+      else off. It applies to every fused module of the model, already patched ones too.
     - `verbose`: print the report.
 
     Patch after loading, quantizing and sharding (`model.shard()`), before LoRA conversion.
     """
     if not isinstance(model, nn.Module):
         raise ZmlxError(f"patch(): 'model' must be an mlx.nn.Module, got {type(model).__name__}")
+    if decode_graphs is not None and not isinstance(decode_graphs, bool):
+        raise ZmlxError(f"patch(): 'decode_graphs' must be a bool or None, got {decode_graphs!r}")
     chosen = _choose(patterns, exclude)
     excluded_paths = [e for e in (exclude or ()) if e not in registry.names()]
     wanted: set[tuple[str, str]] | None = None
@@ -53,8 +60,10 @@ def patch(
             plan = PatchReport.from_dict(plan)
         wanted = {(p.path, p.pattern) for p in plan.patched}
         chosen = [p for p in chosen if any(p.name == name for _, name in wanted)]
+        if decode_graphs is None:
+            decode_graphs = plan.decode_graphs
 
-    report = PatchReport(model_type=_model_type(model))
+    report = PatchReport(model_type=_model_type(model), decode_graphs=bool(decode_graphs))
     # A module reachable by two paths (shared between layers) is fused once.
     fused_by_id: dict[int, tuple[str, Fused]] = {}
     for path, module in model.named_modules():
@@ -90,6 +99,9 @@ def patch(
                 report.patched.append(Patched(path, pattern.name, fused.note))
     for pattern in chosen:
         pattern.finish(model)
+    for _, module in model.named_modules():
+        if isinstance(module, Fused):
+            object.__setattr__(module, "decode_graphs", report.decode_graphs)
     # A module another pattern took is not "skipped" by the ones that did not fit it.
     taken = {p.path for p in report.patched}
     report.skipped = [s for s in report.skipped if s.path not in taken]

@@ -36,11 +36,13 @@ class Skipped:
 @dataclass
 class PatchReport:
     """`patched`: modules swapped by this call, or already fused before it (`note` says so);
-    `skipped`: candidates left alone, with the reason; `model_type`: from the model's args."""
+    `skipped`: candidates left alone, with the reason; `model_type`: from the model's args;
+    `decode_graphs`: whether the fused modules replay decode forwards as compiled graphs."""
 
     patched: list[Patched] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     model_type: str = ""
+    decode_graphs: bool = False
 
     @property
     def kernels(self) -> dict[str, Any]:
@@ -66,6 +68,7 @@ class PatchReport:
             "model_type": self.model_type,
             "patched": [asdict(p) for p in self.patched],
             "skipped": [asdict(s) for s in self.skipped],
+            "decode_graphs": self.decode_graphs,
         }
 
     @classmethod
@@ -78,6 +81,7 @@ class PatchReport:
                 patched=[Patched(**p) for p in data["patched"]],
                 skipped=[Skipped(**s) for s in data["skipped"]],
                 model_type=str(data.get("model_type", "")),
+                decode_graphs=bool(data.get("decode_graphs", False)),
             )
         except (KeyError, TypeError) as e:
             raise ZmlxError(f"PatchReport.from_dict(): malformed 'data': {e}") from e
@@ -91,6 +95,8 @@ class PatchReport:
         counts = ", ".join(f"{n} {k}" for k, n in self.counts().items()) or "nothing"
         model = f" {self.model_type}" if self.model_type else ""
         out = f"PatchReport{model}: patched {counts}; skipped {len(self.skipped)}"
+        if self.decode_graphs:
+            out += "; decode graphs on"
         if _backend.on_cuda():
             k = self.kernels
             out += f"; kernels: {k['path']}"

@@ -82,6 +82,9 @@ class Fused(nn.Module):
     (so it is neither trained, saved, nor counted twice) and `pattern` names the rewrite."""
 
     pattern: str = ""
+    # Whether this module replays its decode forward as one compiled call (DecodeGraph)
+    # where it can: `patch(model, decode_graphs=True)` sets it on a model's fused modules.
+    decode_graphs: bool = False
 
     def __init__(self, original: nn.Module) -> None:
         # Not super(): a fused module may also derive from the layer class it stands in for
@@ -178,23 +181,26 @@ class DecodeGraph:
         return self._fn(*xs, *[m[k] for m, k in self._slots])
 
 
-# Off until a GPU run has checked the graphs against the op-by-op path (the mechanism is
-# tested on the CPU with the reference kernels): `use_decode_graphs(True)` turns them on.
+# Off by default: bit for bit on the GPU, but a gain only where the host bounds decode
+# (measured both ways on an H100); per model `patch(..., decode_graphs=True)` or smart_patch's
+# measurement turns them on, process-wide `use_decode_graphs(True)`.
 _DECODE_GRAPHS = [False]
 
 
 def use_decode_graphs(enabled: bool) -> None:
     """Whether fused modules (moe_decode, dense_mlp, add_norm, qkv_rope, qk_norm_rope)
     replay their decode forward as one compiled call (`DecodeGraph`) on MLX-CUDA; off by
-    default. Process-wide; takes effect at the next call."""
+    default. Process-wide, for every patched model (`patch(model, decode_graphs=True)` is
+    per model); takes effect at the next call."""
     if not isinstance(enabled, bool):
         raise ZmlxError(f"use_decode_graphs(): 'enabled' must be a bool, got {enabled!r}")
     _DECODE_GRAPHS[0] = enabled
 
 
-def decode_graphs_on() -> bool:
-    """Whether decode graphs are on (see `use_decode_graphs`)."""
-    return _DECODE_GRAPHS[0]
+def decode_graphs_on(module: Fused | None = None) -> bool:
+    """Whether decode graphs are on: for every fused module (`use_decode_graphs`), or for
+    `module` (patched with `decode_graphs=True`)."""
+    return _DECODE_GRAPHS[0] or (module is not None and module.decode_graphs)
 
 
 def decode_graph(

@@ -135,7 +135,7 @@ class FusedQKVAttention(Fused):
         kernel as one compiled call (see DecodeGraph), where the front is a kernel; else
         None."""
         if (
-            not decode_graphs_on()
+            not decode_graphs_on(self)
             or self.training
             or x.ndim != 3
             or x.shape[1] != 1

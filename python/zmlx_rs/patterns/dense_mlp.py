@@ -204,7 +204,7 @@ class FusedGatedMLP(Fused):
         on, one token per row in eval mode on MLX-CUDA, plain or quantized projections (a
         LoRA or sharded layer holds elementwise ops or collectives); else None."""
         if (
-            not decode_graphs_on()
+            not decode_graphs_on(self)
             or self.training
             or x.ndim < 2
             or x.shape[-2] != 1

@@ -81,7 +81,7 @@ class FusedMoEDecodeBlock(FusedMoEBlock):
         router; else None."""
         r = self.routing
         if (
-            not decode_graphs_on()
+            not decode_graphs_on(self)
             or self.sharding_group is not None
             or self.training
             or r.use_module_router
