@@ -12,6 +12,9 @@ The kept set is re-checked together against the unpatched model before it is app
 Where no pattern wins alone, the patterns that did not lose are measured together the same
 way and kept together if that wins: fusions whose savings are too small to show one at a
 time can add up (on a host-bound decode step, each removes a share of the host's work).
+Where modules of the chosen set replay their decode forward as compiled graphs on this
+backend, the set with graphs is timed against the set without them, and graphs stay on if
+that wins.
 
 The decision is cached on disk, keyed by a fingerprint of the model (class, config,
 parameter names, shapes and dtypes), the backend, the device, the versions and the
@@ -69,7 +72,7 @@ _NUMERICS_STEPS = 16
 _NUMERICS_PROMPT = 64
 _DECODE_PROMPT = 32
 _PREFILL_PROMPT = 512  # at most; shorter when the model is too slow for the budget
-_CACHE_FORMAT = 2  # 2: the joint set where no pattern wins alone
+_CACHE_FORMAT = 2  # 2: the joint set where no pattern wins alone, decode graphs measured
 
 
 @dataclass(frozen=True)
@@ -118,10 +121,12 @@ class Decision:
 class SmartPatchReport(PatchReport):
     """A PatchReport plus why each candidate pattern was kept or dropped, the re-check of
     the kept set (or, where none won alone, the measurement of the patterns that did not
-    lose, together), and whether the plan came from the cache."""
+    lose, together), decode graphs against none for that set (`graphs`: None where no
+    module took a graph), and whether the plan came from the cache."""
 
     decisions: list[Decision] = field(default_factory=list)
     verification: Decision | None = None
+    graphs: Decision | None = None
     workloads: tuple[str, ...] = WORKLOADS
     cached: bool = False
     elapsed_s: float = 0.0
@@ -135,6 +140,7 @@ class SmartPatchReport(PatchReport):
         data["smart"] = {
             "decisions": [d.to_dict() for d in self.decisions],
             "verification": None if self.verification is None else self.verification.to_dict(),
+            "graphs": None if self.graphs is None else self.graphs.to_dict(),
             "workloads": list(self.workloads),
             "cached": self.cached,
             "elapsed_s": self.elapsed_s,
@@ -150,6 +156,8 @@ class SmartPatchReport(PatchReport):
             report.decisions = [Decision.from_dict(d) for d in smart["decisions"]]
             v = smart["verification"]
             report.verification = None if v is None else Decision.from_dict(v)
+            g = smart["graphs"]
+            report.graphs = None if g is None else Decision.from_dict(g)
             report.workloads = tuple(smart["workloads"])
             report.cached = bool(smart["cached"])
             report.elapsed_s = float(smart["elapsed_s"])
@@ -159,7 +167,7 @@ class SmartPatchReport(PatchReport):
 
     def _decision_rows(self) -> list[tuple[str, ...]]:
         rows = []
-        decisions = [*self.decisions, *([self.verification] if self.verification else [])]
+        decisions = [*self.decisions, *(d for d in (self.verification, self.graphs) if d)]
         for d in decisions:
             cells = [d.pattern, "kept" if d.kept else "dropped"]
             for w in self.workloads:
@@ -425,10 +433,12 @@ class _Progress:
 
 @dataclass
 class _Candidate:
-    """A configuration timed against the unpatched model: one pattern, or the kept set."""
+    """A configuration timed against a baseline (the unpatched model unless said): one
+    pattern, or a set of them; with decode graphs on or off."""
 
     name: str
     names: list[str]
+    graphs: bool = False
     rounds: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     comparisons: list[_native.Comparison] = field(default_factory=list)
     max_abs_dlogit: float | None = None
@@ -471,10 +481,10 @@ class _Session:
         return self.deadline - time.perf_counter()
 
     # -- configurations: the unpatched model (None) or a set of patterns
-    def use(self, names: Sequence[str] | None) -> None:
+    def use(self, names: Sequence[str] | None, graphs: bool = False) -> None:
         unpatch(self.model)
         if names:
-            patch(self.model, patterns=[self.by_name[n] for n in names])
+            patch(self.model, patterns=[self.by_name[n] for n in names], decode_graphs=graphs)
 
     def measure_all(self) -> dict[str, float]:
         out = {}
@@ -492,8 +502,8 @@ class _Session:
         if "prefill" in self.workloads:
             measure.prefill_tokens_per_s(self.model, self.prefill_prompt)
 
-    def numerics(self, names: Sequence[str]) -> measure.Numerics:
-        self.use(names)
+    def numerics(self, names: Sequence[str], graphs: bool = False) -> measure.Numerics:
+        self.use(names, graphs)
         trace = measure.logit_trace(
             self.model, self.numerics_prompt, _NUMERICS_STEPS, feed=self.reference[1][:-1]
         )
@@ -551,16 +561,27 @@ class _Session:
         verification = self.verify(kept, decisions)
         if verification is None:
             verification = self.joint(candidates, decisions)
+        final = [n for n in (p.name for p in self.chosen) if decisions[n].kept]
+        graphs = self.graphs(final) if final else None
         self.bar.update("applying the plan")
         self.use(None)
-        final = [n for n in (p.name for p in self.chosen) if decisions[n].kept]
-        base = patch(self.model, patterns=[self.by_name[n] for n in final]) if final else None
+        base = (
+            patch(
+                self.model,
+                patterns=[self.by_name[n] for n in final],
+                decode_graphs=graphs is not None and graphs.kept,
+            )
+            if final
+            else None
+        )
         return SmartPatchReport(
             patched=base.patched if base else [],
             skipped=base.skipped if base else [],
             model_type=_model_type(self.model),
+            decode_graphs=base.decode_graphs if base else False,
             decisions=[decisions[p.name] for p in self.chosen],
             verification=verification,
+            graphs=graphs,
             workloads=self.workloads,
         )
 
@@ -584,10 +605,17 @@ class _Session:
         self.warm_up()
         return None, _Candidate(pattern.name, [pattern.name], max_abs_dlogit=num.max_abs_dlogit)
 
-    def rounds(self, candidates: list[_Candidate], reserve: bool = True) -> None:
-        """Interleaved rounds, each the unpatched model and every unsettled candidate, the
-        order mirrored every other round, until all are settled, the rounds run out, or
-        the budget (less what the re-check of the kept set needs) is spent."""
+    def rounds(
+        self,
+        candidates: list[_Candidate],
+        reserve: bool = True,
+        baseline: _Candidate | None = None,
+    ) -> None:
+        """Interleaved rounds, each the baseline (default: the unpatched model) and every
+        unsettled candidate, the order mirrored every other round, until all are settled,
+        the rounds run out, or the budget (less what the re-check of the kept set needs) is
+        spent."""
+        base = "unpatched" if baseline is None else baseline.name
         for c in candidates:
             c.rounds = {w: ([], []) for w in self.workloads}
         active = list(candidates)
@@ -598,25 +626,25 @@ class _Session:
             spare = self.numerics_cost + 2 * _VERIFY_ROUNDS * self.config_cost if reserve else 0
             if self.left() - spare < cost:
                 return
-            order: list[_Candidate | None] = [None, *active]
+            order: list[_Candidate | None] = [baseline, *active]
             if r % 2:
                 order.reverse()
             t = time.perf_counter()
             got: dict[str, dict[str, float]] = {}
             for i, c in enumerate(order):
-                name = "unpatched" if c is None else c.name
+                name = base if c is baseline else c.name
                 self.bar.update(
                     "timing " + ", ".join(x.name for x in candidates),
                     f"round {r + 1}: {name} ({i + 1}/{len(order)})",
                 )
-                self.use(None if c is None else c.names)
+                self.use(None if c is None else c.names, c is not None and c.graphs)
                 got[name] = self.measure_all()
             self.use(None)
             self.config_cost = (time.perf_counter() - t) / len(order)
             for c in active:
                 for w in self.workloads:
                     c.rounds[w][0].append(got[c.name][w])
-                    c.rounds[w][1].append(got["unpatched"][w])
+                    c.rounds[w][1].append(got[base][w])
                 c.comparisons = [
                     _native.compare_rounds(*c.rounds[w], min_gain=self.min_gain)
                     for w in self.workloads
@@ -669,6 +697,33 @@ class _Session:
                     )
                 return None
         return None
+
+    def graphs(self, names: list[str]) -> Decision | None:
+        """The chosen set with decode graphs against the set without them, head to head on
+        the workloads asked for (a decode graph runs at one token per row; prefill is timed
+        too, so a loss there shows); None where decode is not asked for, no module of the
+        set took a graph here (another backend) or no budget is left."""
+        if "decode" not in self.workloads or self.left() <= 0:
+            return None
+        label = "decode graphs"
+        self.bar.update(f"checking {label}")
+        num = self.numerics(names, graphs=True)
+        if not any("_decode_graph" in m.__dict__ for _, m in self.model.named_modules()):
+            return None
+        if not num.ok:
+            return Decision(label, False, f"numerics: {num.describe()}", (), num.max_abs_dlogit)
+        self.warm_up()
+        plain = _Candidate("+".join(names), names)
+        with_graphs = _Candidate(label, names, graphs=True)
+        self.rounds([with_graphs], reserve=False, baseline=plain)
+        keep = _native.keep(with_graphs.comparisons)
+        return Decision(
+            label,
+            keep,
+            f"{_reason(with_graphs, keep)}, against {plain.name} without graphs",
+            _measurements(self.workloads, with_graphs.comparisons),
+            num.max_abs_dlogit,
+        )
 
     def joint(
         self, candidates: list[_Candidate], decisions: dict[str, Decision]
