@@ -75,6 +75,16 @@ def test_e2e_benchmark_writes_json(tmp_path, capsys):
     assert "| Qwen3-0.6B, scaled down | 1 | float32 |" in capsys.readouterr().out
 
 
+def test_e2e_benchmark_records_smart_patch_decisions(tmp_path):
+    args = ["--models=qwen3-0.6b", "--layers=1", "--rounds=2", "--tokens=8", "--prefill=64"]
+    result = bench.main([*args, "--check-steps=4", "--budget=30", "--smart", f"--out={tmp_path}"])
+    (row,) = result["rows"]
+    smart = row["smart"]
+    assert [d["pattern"] for d in smart["decisions"] if d["kept"]] == row["smart_kept"]
+    assert {"verification", "graphs", "workloads"} <= smart.keys()
+    assert row.get("decode_graphs", False) == bool(smart["graphs"] and smart["graphs"]["kept"])
+
+
 def test_demo_runs_smart_patch_and_generates(capsys):
     main(["demo", "--layers=1", "--budget=3", "--tokens=4"])
     out = capsys.readouterr().out

@@ -144,8 +144,11 @@ def run_model(
         },
         "rounds": len(runs["patched"]["decode"]),
     }
+    if report.decode_graphs:
+        row["decode_graphs"] = True
     if smart:
         row["smart_kept"] = report.kept
+        row["smart"] = report.to_dict()["smart"]  # every decision with its measurements
     for workload in ("decode", "prefill"):
         a, b = runs["unpatched"][workload], runs["patched"][workload]
         entry: dict[str, Any] = {
@@ -175,6 +178,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         d, p = r["decode"], r["prefill"]
         nodes = r["nodes_per_decode_step"]
         patched = ", ".join(f"{n} {k}" for k, n in r["patched"].items()) or "nothing"
+        if r.get("decode_graphs"):
+            patched += ", decode graphs"
         num = r["numerics"]
         weights = f"{r['bits']}-bit, {r['dtype']}" if r["bits"] else r["dtype"]
         if num["greedy_identical"]:
