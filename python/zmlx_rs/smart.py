@@ -65,7 +65,8 @@ CACHE_DIR_VARIABLE = "ZMLX_RS_CACHE_DIR"
 WORKLOADS = ("decode", "prefill")
 
 _MAX_ROUNDS = 16
-# Rounds the re-check of the kept set is given at least, when budgeting the candidates.
+# Rounds each check of a set (the kept or joint set, decode graphs) is given at least, when
+# budgeting the candidates.
 _VERIFY_ROUNDS = 3
 _NUMERICS_STEPS = 16
 # A 64-token prompt sends every MoE layer down its sorted (prefill) path too.
@@ -471,6 +472,9 @@ class _Session:
         # One measurement should last long enough to swamp timer and Python noise, and
         # short enough that a small budget still gets its rounds.
         self.measure_s = min(0.5, bar.budget_s / 200)
+        # Checks of a set that the candidates' rounds leave budget for: the kept (or joint)
+        # set, and on MLX-CUDA, where decode graphs exist, that set with graphs.
+        self.set_checks = 2 if _backend.on_cuda() and "decode" in workloads else 1
         self.decode_tokens = 16
         self.config_cost = 0.0
         self.numerics_cost = 0.0
@@ -623,7 +627,10 @@ class _Session:
             if not active:
                 return
             cost = self.config_cost * (1 + len(active))
-            spare = self.numerics_cost + 2 * _VERIFY_ROUNDS * self.config_cost if reserve else 0
+            spare = 0.0
+            if reserve:
+                one = self.numerics_cost + 2 * _VERIFY_ROUNDS * self.config_cost
+                spare = self.set_checks * one
             if self.left() - spare < cost:
                 return
             order: list[_Candidate | None] = [baseline, *active]
