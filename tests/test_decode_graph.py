@@ -185,6 +185,8 @@ def test_patch_turns_graphs_on_per_model_and_plans_carry_it(cuda_paths):
     assert all(m.decode_graphs for _, m in model.named_modules() if isinstance(m, Fused))
     with pytest.raises(ZmlxError, match="'decode_graphs' must be a bool or None, got 1"):
         zmlx_rs.patch(model, decode_graphs=1)
+    with pytest.raises(ZmlxError, match="'decode_graphs' must be a bool, got 'yes'"):
+        zmlx_rs.patch(model, plan={**plan, "decode_graphs": "yes"})
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "llama", "qwen3"])

@@ -76,12 +76,17 @@ class PatchReport:
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             got = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ZmlxError(f"PatchReport.from_dict(): 'format' must be {_FORMAT}, got {got!r}")
+        graphs = data.get("decode_graphs", False)  # absent from plans before it existed
+        if not isinstance(graphs, bool):
+            raise ZmlxError(
+                f"PatchReport.from_dict(): 'decode_graphs' must be a bool, got {graphs!r}"
+            )
         try:
             return cls(
                 patched=[Patched(**p) for p in data["patched"]],
                 skipped=[Skipped(**s) for s in data["skipped"]],
                 model_type=str(data.get("model_type", "")),
-                decode_graphs=bool(data.get("decode_graphs", False)),
+                decode_graphs=graphs,
             )
         except (KeyError, TypeError) as e:
             raise ZmlxError(f"PatchReport.from_dict(): malformed 'data': {e}") from e
