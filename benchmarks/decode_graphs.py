@@ -20,6 +20,7 @@ import mlx.core as mx
 from common import environment, model_options, parse_model_args, result_name, table, write_json
 from zmlx_rs import _native, measure, patch, synthetic, unpatch
 from zmlx_rs import patterns as registry
+from zmlx_rs.patterns._base import graphs_built
 
 PROMPT = 32
 CONFIGS = ("unpatched", "patched", "graphs")
@@ -41,7 +42,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     on = measure.logit_trace(model, prompt, args.check_steps, feed=off[1][:-1])
     bitwise = all(mx.array_equal(a, b).item() for a, b in zip(off[0], on[0], strict=True))
     numerics = measure.compare_traces(off, on, dtype)
-    graphs = sum("_decode_graph" in m.__dict__ for _, m in model.named_modules())
+    graphs = graphs_built(model)
     for config in CONFIGS:  # warm-up: JIT, traces
         _use(model, config, args.chosen)
         measure.decode_tokens_per_s(model, prompt, 8)

@@ -24,7 +24,7 @@ from zmlx_rs.patterns import (
     moe_decode,
     use_decode_graphs,
 )
-from zmlx_rs.patterns._base import DecodeGraph, decode_graph
+from zmlx_rs.patterns._base import DecodeGraph, decode_graph, graphs_built
 
 
 @pytest.fixture(autouse=True)
@@ -156,10 +156,6 @@ def test_graphs_are_off_by_default_and_the_switch_checks_its_argument(cuda_paths
         use_decode_graphs(1)
 
 
-def _graphs(model: nn.Module) -> list[Fused]:
-    return [m for _, m in model.named_modules() if "_decode_graph" in m.__dict__]
-
-
 def test_patch_turns_graphs_on_per_model_and_plans_carry_it(cuda_paths):
     use_decode_graphs(False)
     token = mx.array([[9]])
@@ -171,7 +167,7 @@ def test_patch_turns_graphs_on_per_model_and_plans_carry_it(cuda_paths):
     assert not zmlx_rs.patch(other).decode_graphs
     assert mx.allclose(model(token), want, rtol=1e-4, atol=1e-4).item()
     other(token)
-    assert _graphs(model) and not _graphs(other)
+    assert graphs_built(model) and not graphs_built(other)
     assert all(m.decode_graphs for _, m in model.named_modules() if isinstance(m, Fused))
 
     plan = report.to_dict()
@@ -201,7 +197,7 @@ def test_greedy_decode_with_a_cache_keeps_the_tokens(family, cuda_paths):
     want = greedy()
     zmlx_rs.patch(model)
     assert greedy() == want
-    assert _graphs(model)
+    assert graphs_built(model)
     zmlx_rs.unpatch(model)
     assert greedy() == want
 

@@ -50,6 +50,7 @@ from zmlx_rs.checkpoint import inspect as inspect_checkpoint
 from zmlx_rs.errors import ZmlxError
 from zmlx_rs.patch import patch, unpatch
 from zmlx_rs.patterns import Pattern
+from zmlx_rs.patterns._base import graphs_built
 from zmlx_rs.report import PatchReport
 
 __all__ = [
@@ -715,7 +716,7 @@ class _Session:
         label = "decode graphs"
         self.bar.update(f"checking {label}")
         num = self.numerics(names, graphs=True)
-        if not any("_decode_graph" in m.__dict__ for _, m in self.model.named_modules()):
+        if not graphs_built(self.model):
             return None
         if not num.ok:
             return Decision(label, False, f"numerics: {num.describe()}", (), num.max_abs_dlogit)

@@ -23,6 +23,7 @@ __all__ = [
     "decode_graph",
     "decode_graphs_on",
     "fuse_outputs",
+    "graphs_built",
     "linear_mismatch",
     "unfuse_outputs",
     "use_decode_graphs",
@@ -216,6 +217,12 @@ def decode_graph(
         graph = DecodeGraph(owner, method, modules, args)
         object.__setattr__(owner, "_decode_graph", graph)
     return graph
+
+
+def graphs_built(model: nn.Module) -> int:
+    """How many modules of `model` have built their `DecodeGraph` (by running a decode step
+    with decode graphs on)."""
+    return sum("_decode_graph" in m.__dict__ for _, m in model.named_modules())
 
 
 def linear_mismatch(layers: Sequence[nn.Module], kinds: tuple[type, ...]) -> str | None:
