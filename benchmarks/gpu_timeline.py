@@ -21,7 +21,7 @@ time decode sees, and per token the CUDA graph calls (instantiations, updates, l
 The profiler adds host cost of its own: compare configurations of one run.
 
 `--runs N` profiles N runs per config, unpatched and patched alternating (each patched run
-patches anew, as e2e.py's rounds do), one table line per run: decode speed that changes from
+patches anew), one table line per run: decode speed that changes from
 run to run (a host-bound patched step ran 125-160 or 200-285 tok/s a run on one H100) shows
 next to what the host did in that run.
 Writes benchmarks/results/gpu_timeline-<time>.json and prints a table.

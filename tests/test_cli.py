@@ -39,6 +39,29 @@ def test_synthetic_models_have_the_architecture_and_sane_logits(name):
         assert any(isinstance(m, QuantizedSwitchLinear) for _, m in model.named_modules())
 
 
+@pytest.mark.parametrize("name", ["mistral-7b", "qwen3-30b-a3b"])
+def test_a_twin_shares_the_arrays_and_patching_it_leaves_the_model(name):
+    shape = synthetic.scaled_down(synthetic.SHAPES[name])
+    model = synthetic.build(shape, layers=2, dtype=mx.float32)
+    other = synthetic.twin(model, shape)
+    assert not other.training and len(other.layers) == 2
+    ours, theirs = dict(tree_flatten(model.parameters())), dict(tree_flatten(other.parameters()))
+    assert ours.keys() == theirs.keys()
+    assert all(theirs[k] is a for k, a in ours.items())  # the same arrays, not copies
+    tokens = mx.arange(8)[None]
+    before = model(tokens)
+    assert mx.array_equal(other(tokens), before).item()
+    report = zmlx_rs.patch(other)
+    assert report.patched
+    assert not any(isinstance(m, zmlx_rs.patterns.Fused) for _, m in model.named_modules())
+    assert dict(tree_flatten(model.parameters())).keys() == ours.keys()
+    assert mx.array_equal(model(tokens), before).item()
+    with pytest.raises(ZmlxError, match="'model' must be an unpatched model"):
+        synthetic.twin(other, shape)
+    with pytest.raises(ZmlxError, match="'shape' must be one of"):
+        synthetic.twin(model, "gpt-5")
+
+
 def test_full_size_config_is_real():
     c = synthetic.SHAPES["qwen3-30b-a3b"].config
     assert (c["hidden_size"], c["num_hidden_layers"], c["num_experts"]) == (2048, 48, 128)

@@ -19,7 +19,7 @@ from mlx_lm.utils import _get_classes
 
 from zmlx_rs.errors import ZmlxError
 
-__all__ = ["SHAPES", "Shape", "build", "scaled_down", "sized"]
+__all__ = ["SHAPES", "Shape", "build", "scaled_down", "sized", "twin"]
 
 
 @dataclass(frozen=True)
@@ -166,11 +166,7 @@ def build(
         config["num_hidden_layers"] = layers
     if shape.bits is not None:
         config["quantization"] = {"group_size": shape.group_size, "bits": shape.bits}
-    model_class, args_class = _get_classes(config)
-    # Construction makes lazy float weights that are replaced before anything evaluates them.
-    model = model_class(args_class.from_dict(config))
-    if shape.bits is not None:
-        nn.quantize(model, group_size=shape.group_size, bits=shape.bits)
+    model = _skeleton(shape, config)
     inner = getattr(model, "model", model)
     blocks = list(getattr(inner, "layers", []))
     for i, block in enumerate(blocks):
@@ -186,6 +182,39 @@ def build(
     # Inference mode, as mlx_lm.load returns a model: patched modules then take their
     # inference paths (one-node kernels, the decode MoE kernels) as they do for users.
     return model.eval()
+
+
+def _skeleton(shape: Shape, config: dict[str, Any]) -> nn.Module:
+    """The model object of `config`, quantized as `shape` says. Construction makes lazy
+    float weights that are replaced before anything evaluates them."""
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    if shape.bits is not None:
+        nn.quantize(model, group_size=shape.group_size, bits=shape.bits)
+    return model
+
+
+def twin(model: nn.Module, shape: Shape | str) -> nn.Module:
+    """A second model object of `model`'s structure holding the very arrays of `model` (no
+    copies), in eval mode: patching the twin (which swaps its modules and stacks its own
+    weights) leaves `model` as it was, so one process can time both without re-patching
+    between rounds. `shape` is the Shape (or `SHAPES` key) `model` was built from."""
+    if isinstance(shape, str):
+        if shape not in SHAPES:
+            raise ZmlxError(f"twin(): 'shape' must be one of {sorted(SHAPES)}, got {shape!r}")
+        shape = SHAPES[shape]
+    config = dict(shape.config)
+    config["num_hidden_layers"] = model.args.num_hidden_layers
+    if shape.bits is not None:
+        config["quantization"] = {"group_size": shape.group_size, "bits": shape.bits}
+    other = _skeleton(shape, config)
+    try:
+        other.update(model.parameters(), strict=True)
+    except ValueError as e:
+        raise ZmlxError(
+            f"twin(): 'model' must be an unpatched model built from {shape.name!r}: {e}"
+        ) from e
+    return other.eval()
 
 
 def _is_quantized(m: nn.Module) -> bool:
