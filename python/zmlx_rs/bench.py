@@ -4,8 +4,9 @@ Random-weight models of real shapes (`zmlx_rs.synthetic`): full size in bf16 on 
 scaled down in fp32 on CPU. Per model: graph nodes of one decode step before and after
 patching, numerics (greedy tokens and logits over `--check-steps` decode steps, patched
 against unpatched on the same inputs), then interleaved rounds (A B | B A | ...) in one
-process after a warm-up, A the unpatched model and B its patched twin (the same arrays), summarised by the Rust statistics (median ratio, bootstrap
-interval). `python -m zmlx_rs bench` and `benchmarks/e2e.py` both run `main`.
+process after a warm-up, A the unpatched model and B its patched twin (the same arrays),
+summarised by the Rust statistics (median ratio, bootstrap interval).
+`python -m zmlx_rs bench` and `benchmarks/e2e.py` both run `main`.
 """
 
 from __future__ import annotations
