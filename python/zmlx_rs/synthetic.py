@@ -155,18 +155,10 @@ def build(
     """A random-weight, evaluated model of `shape` (a `SHAPES` key or a Shape), in eval mode;
     `layers` overrides the layer count (fewer layers: same per-layer graph, less memory and
     time)."""
-    if isinstance(shape, str):
-        if shape not in SHAPES:
-            raise ZmlxError(f"build(): 'shape' must be one of {sorted(SHAPES)}, got {shape!r}")
-        shape = SHAPES[shape]
-    config = dict(shape.config)
-    if layers is not None:
-        if layers < 1:
-            raise ZmlxError(f"build(): 'layers' must be >= 1, got {layers}")
-        config["num_hidden_layers"] = layers
-    if shape.bits is not None:
-        config["quantization"] = {"group_size": shape.group_size, "bits": shape.bits}
-    model = _skeleton(shape, config)
+    shape = _shape("build", shape)
+    if layers is not None and layers < 1:
+        raise ZmlxError(f"build(): 'layers' must be >= 1, got {layers}")
+    model = _skeleton(shape, layers)
     inner = getattr(model, "model", model)
     blocks = list(getattr(inner, "layers", []))
     for i, block in enumerate(blocks):
@@ -184,9 +176,22 @@ def build(
     return model.eval()
 
 
-def _skeleton(shape: Shape, config: dict[str, Any]) -> nn.Module:
-    """The model object of `config`, quantized as `shape` says. Construction makes lazy
-    float weights that are replaced before anything evaluates them."""
+def _shape(op: str, shape: Shape | str) -> Shape:
+    if isinstance(shape, str):
+        if shape not in SHAPES:
+            raise ZmlxError(f"{op}(): 'shape' must be one of {sorted(SHAPES)}, got {shape!r}")
+        return SHAPES[shape]
+    return shape
+
+
+def _skeleton(shape: Shape, layers: int | None) -> nn.Module:
+    """The model object of `shape` (with `layers` layers if given), quantized as `shape` says.
+    Construction makes lazy float weights that are replaced before anything evaluates them."""
+    config = dict(shape.config)
+    if layers is not None:
+        config["num_hidden_layers"] = layers
+    if shape.bits is not None:
+        config["quantization"] = {"group_size": shape.group_size, "bits": shape.bits}
     model_class, args_class = _get_classes(config)
     model = model_class(args_class.from_dict(config))
     if shape.bits is not None:
@@ -198,16 +203,11 @@ def twin(model: nn.Module, shape: Shape | str) -> nn.Module:
     """A second model object of `model`'s structure holding the very arrays of `model` (no
     copies), in eval mode: patching the twin (which swaps its modules and stacks its own
     weights) leaves `model` as it was, so one process can time both without re-patching
-    between rounds. `shape` is the Shape (or `SHAPES` key) `model` was built from."""
-    if isinstance(shape, str):
-        if shape not in SHAPES:
-            raise ZmlxError(f"twin(): 'shape' must be one of {sorted(SHAPES)}, got {shape!r}")
-        shape = SHAPES[shape]
-    config = dict(shape.config)
-    config["num_hidden_layers"] = model.args.num_hidden_layers
-    if shape.bits is not None:
-        config["quantization"] = {"group_size": shape.group_size, "bits": shape.bits}
-    other = _skeleton(shape, config)
+    between rounds. `shape` is the Shape (or `SHAPES` key) `model` was built from. A patched
+    twin holds its stacked weights beside `model`'s originals (for a MoE model up to ~1.7x
+    the weights' memory in all)."""
+    shape = _shape("twin", shape)
+    other = _skeleton(shape, model.args.num_hidden_layers)
     try:
         other.update(model.parameters(), strict=True)
     except ValueError as e:
