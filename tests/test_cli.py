@@ -104,7 +104,7 @@ def test_e2e_benchmark_records_smart_patch_decisions(tmp_path):
     (row,) = result["rows"]
     smart = row["smart"]
     assert [d["pattern"] for d in smart["decisions"] if d["kept"]] == row["smart_kept"]
-    assert {"verification", "graphs", "workloads"} <= smart.keys()
+    assert {"verification", "extension", "graphs", "workloads"} <= smart.keys()
     assert row.get("decode_graphs", False) == bool(smart["graphs"] and smart["graphs"]["kept"])
 
 

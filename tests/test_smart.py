@@ -106,6 +106,19 @@ class PairB(PairA):
     live = 0
 
 
+class HalfFast(_Planted):
+    """Waits half the baseline's time, and not at all while the planted pair is applied: a
+    pattern that wins alone and wins more with two that gain nothing alone."""
+
+    pattern = "planted_half_fast"
+
+    def __call__(self, x: mx.array) -> mx.array:
+        type(self).calls += 1
+        if not (PairA.live and PairB.live):
+            time.sleep(DELAY_S / 2)
+        return self.original.inner(x)
+
+
 class _PlantedPattern(Pattern):
     def __init__(self, fused: type[_Planted], target: type[nn.Module]) -> None:
         self.name = fused.pattern
@@ -135,12 +148,14 @@ def planted(tmp_path, monkeypatch):
         _PlantedPattern(WrongFused, Dawdling),
         _PlantedPattern(FastFused, Dawdling),
         _PlantedPattern(GraphFused, Dawdling),
+        _PlantedPattern(HalfFast, Dawdling),
         _PlantedPattern(PairA, Attention),
         _PlantedPattern(PairB, nn.RMSNorm),
     ):
         registry.register(p)
     yield
     registry.ALL[:] = saved
+    PairA.live = PairB.live = 0  # a failed test must not leave the pair "applied"
 
 
 def dawdling_llama(seed: int = 0) -> nn.Module:
@@ -245,6 +260,40 @@ def test_no_joint_set_when_a_pattern_wins_alone(planted):
     )
     assert report.kept == ["planted_fast"], str(report)
     assert report.verification is not None and report.verification.pattern == "planted_fast"
+    # The pass-through half is tried with it, head to head, and gains nothing there.
+    e = report.extension
+    assert e is not None and not e.kept and e.pattern == "planted_fast+planted_pair_a"
+
+
+def test_patterns_that_pay_only_with_the_kept_set_are_added_to_it(planted):
+    model = dawdling_llama()
+    report = smart_patch(
+        model,
+        patterns=["planted_slow", "planted_half_fast", "planted_pair_a", "planted_pair_b"],
+        workloads=("decode",),
+        budget_s=30,
+        min_gain=0.2,
+        progress=False,
+    )
+    by_name = {d.pattern: d for d in report.decisions}
+    assert by_name["planted_half_fast"].ratio("decode").verdict == "gain", str(report)
+    assert by_name["planted_slow"].ratio("decode").verdict == "loss"
+    v = report.verification
+    assert v is not None and v.kept and v.pattern == "planted_half_fast", str(report)
+    e = report.extension
+    label = "planted_half_fast+planted_pair_a+planted_pair_b"
+    assert e is not None and e.kept and e.pattern == label, str(report)
+    assert e.reason.endswith(", against planted_half_fast")
+    assert e.ratio("decode").ci_low > 1.2
+    for half in ("planted_pair_a", "planted_pair_b"):
+        assert by_name[half].ratio("decode").verdict != "gain"
+        assert by_name[half].reason == f"kept with {label}: faster than without"
+    assert report.kept == ["planted_half_fast", "planted_pair_a", "planted_pair_b"]
+    assert fused_patterns(model) == {"planted_half_fast", "planted_pair_a", "planted_pair_b"}
+    assert label in str(report) and label in report._repr_html_()
+    assert SmartPatchReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    zmlx_rs.unpatch(model)
+    assert not (PairA.live or PairB.live)
 
 
 def test_decode_graphs_are_timed_against_none_and_kept_when_faster(planted):

@@ -66,15 +66,16 @@ CACHE_DIR_VARIABLE = "ZMLX_RS_CACHE_DIR"
 WORKLOADS = ("decode", "prefill")
 
 _MAX_ROUNDS = 16
-# Rounds each check of a set (the kept or joint set, decode graphs) is given at least, when
-# budgeting the candidates.
+# Rounds each check of a set (the kept or joint set, its extension, decode graphs) is given at
+# least, when budgeting the candidates.
 _VERIFY_ROUNDS = 3
 _NUMERICS_STEPS = 16
 # A 64-token prompt sends every MoE layer down its sorted (prefill) path too.
 _NUMERICS_PROMPT = 64
 _DECODE_PROMPT = 32
 _PREFILL_PROMPT = 512  # at most; shorter when the model is too slow for the budget
-_CACHE_FORMAT = 2  # 2: the joint set where no pattern wins alone, decode graphs measured
+# 2: the joint set where no pattern wins alone, decode graphs measured; 3: the extension
+_CACHE_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -123,11 +124,14 @@ class Decision:
 class SmartPatchReport(PatchReport):
     """A PatchReport plus why each candidate pattern was kept or dropped, the re-check of
     the kept set (or, where none won alone, the measurement of the patterns that did not
-    lose, together), decode graphs against none for that set (`graphs`: None where no
-    module took a graph), and whether the plan came from the cache."""
+    lose, together), the kept set with the patterns that did not lose added against the kept
+    set alone (`extension`: None where there were none to add), decode graphs against none
+    for the final set (`graphs`: None where no module took a graph), and whether the plan
+    came from the cache."""
 
     decisions: list[Decision] = field(default_factory=list)
     verification: Decision | None = None
+    extension: Decision | None = None
     graphs: Decision | None = None
     workloads: tuple[str, ...] = WORKLOADS
     cached: bool = False
@@ -142,6 +146,7 @@ class SmartPatchReport(PatchReport):
         data["smart"] = {
             "decisions": [d.to_dict() for d in self.decisions],
             "verification": None if self.verification is None else self.verification.to_dict(),
+            "extension": None if self.extension is None else self.extension.to_dict(),
             "graphs": None if self.graphs is None else self.graphs.to_dict(),
             "workloads": list(self.workloads),
             "cached": self.cached,
@@ -158,6 +163,8 @@ class SmartPatchReport(PatchReport):
             report.decisions = [Decision.from_dict(d) for d in smart["decisions"]]
             v = smart["verification"]
             report.verification = None if v is None else Decision.from_dict(v)
+            e = smart["extension"]
+            report.extension = None if e is None else Decision.from_dict(e)
             g = smart["graphs"]
             report.graphs = None if g is None else Decision.from_dict(g)
             report.workloads = tuple(smart["workloads"])
@@ -169,7 +176,8 @@ class SmartPatchReport(PatchReport):
 
     def _decision_rows(self) -> list[tuple[str, ...]]:
         rows = []
-        decisions = [*self.decisions, *(d for d in (self.verification, self.graphs) if d)]
+        checks = (self.verification, self.extension, self.graphs)
+        decisions = [*self.decisions, *(d for d in checks if d)]
         for d in decisions:
             cells = [d.pattern, "kept" if d.kept else "dropped"]
             for w in self.workloads:
@@ -444,6 +452,7 @@ class _Candidate:
     rounds: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     comparisons: list[_native.Comparison] = field(default_factory=list)
     max_abs_dlogit: float | None = None
+    won: bool = False  # kept on its own rounds (before any check of a set)
 
 
 class _Session:
@@ -474,8 +483,10 @@ class _Session:
         # short enough that a small budget still gets its rounds.
         self.measure_s = min(0.5, bar.budget_s / 200)
         # Checks of a set that the candidates' rounds leave budget for: the kept (or joint)
-        # set, and on MLX-CUDA, where decode graphs exist, that set with graphs.
-        self.set_checks = 2 if _backend.on_cuda() and "decode" in workloads else 1
+        # set, its extension, and on MLX-CUDA, where decode graphs exist, the final set with
+        # graphs.
+        self.graph_checks = 1 if _backend.on_cuda() and "decode" in workloads else 0
+        self.set_checks = 2 + self.graph_checks
         self.decode_tokens = 16
         self.config_cost = 0.0
         self.numerics_cost = 0.0
@@ -553,6 +564,7 @@ class _Session:
         kept = []
         for c in candidates:
             keep = _native.keep(c.comparisons)
+            c.won = keep
             decisions[c.name] = Decision(
                 c.name,
                 keep,
@@ -564,8 +576,11 @@ class _Session:
                 kept.append(c)
 
         verification = self.verify(kept, decisions)
+        extension = None
         if verification is None:
             verification = self.joint(candidates, decisions)
+        elif verification.kept:
+            extension = self.extend(kept, candidates, decisions)
         final = [n for n in (p.name for p in self.chosen) if decisions[n].kept]
         graphs = self.graphs(final) if final else None
         self.bar.update("applying the plan")
@@ -586,6 +601,7 @@ class _Session:
             decode_graphs=base.decode_graphs if base else False,
             decisions=[decisions[p.name] for p in self.chosen],
             verification=verification,
+            extension=extension,
             graphs=graphs,
             workloads=self.workloads,
         )
@@ -613,13 +629,13 @@ class _Session:
     def rounds(
         self,
         candidates: list[_Candidate],
-        reserve: bool = True,
+        reserve: int | None = None,
         baseline: _Candidate | None = None,
     ) -> None:
         """Interleaved rounds, each the baseline (default: the unpatched model) and every
         unsettled candidate, the order mirrored every other round, until all are settled,
-        the rounds run out, or the budget (less what the re-check of the kept set needs) is
-        spent."""
+        the rounds run out, or the budget, less what `reserve` checks of a set need (default:
+        every set check still to come after the candidates), is spent."""
         base = "unpatched" if baseline is None else baseline.name
         for c in candidates:
             c.rounds = {w: ([], []) for w in self.workloads}
@@ -628,10 +644,9 @@ class _Session:
             if not active:
                 return
             cost = self.config_cost * (1 + len(active))
-            spare = 0.0
-            if reserve:
-                one = self.numerics_cost + 2 * _VERIFY_ROUNDS * self.config_cost
-                spare = self.set_checks * one
+            checks = self.set_checks if reserve is None else reserve
+            one = self.numerics_cost + 2 * _VERIFY_ROUNDS * self.config_cost
+            spare = checks * one
             if self.left() - spare < cost:
                 return
             order: list[_Candidate | None] = [baseline, *active]
@@ -671,7 +686,7 @@ class _Session:
             )
         self.warm_up()
         both = _Candidate(label, names)
-        self.rounds([both], reserve=False)
+        self.rounds([both], reserve=0)
         keep = _native.keep(both.comparisons)
         return Decision(
             label,
@@ -723,7 +738,7 @@ class _Session:
         self.warm_up()
         plain = _Candidate("+".join(names), names)
         with_graphs = _Candidate(label, names, graphs=True)
-        self.rounds([with_graphs], reserve=False, baseline=plain)
+        self.rounds([with_graphs], reserve=0, baseline=plain)
         keep = _native.keep(with_graphs.comparisons)
         return Decision(
             label,
@@ -752,6 +767,45 @@ class _Session:
                     decisions[n], kept=True, reason=f"kept with {checked.pattern}: faster together"
                 )
         return checked
+
+    def extend(
+        self, kept: list[_Candidate], candidates: list[_Candidate], decisions: dict[str, Decision]
+    ) -> Decision | None:
+        """The verified kept set with every candidate that neither won nor lost alone added,
+        head to head against the kept set: fusions can pay only together (one that moves
+        the GPU time of a step pays only once another has cut its host time). Kept if that
+        wins; None when there is nothing to add or no budget."""
+        base = [c.name for c in kept]
+        extra = [
+            c.name
+            for c in candidates
+            if not c.won and c.comparisons and not any(x.verdict == "loss" for x in c.comparisons)
+        ]
+        if not extra or self.left() <= 0:
+            return None
+        names = [p.name for p in self.chosen if p.name in base or p.name in extra]
+        label = "+".join(names)
+        self.bar.update(f"checking {label} against {'+'.join(base)}")
+        num = self.numerics(names)
+        if not num.ok:
+            return Decision(label, False, f"numerics: {num.describe()}", (), num.max_abs_dlogit)
+        self.warm_up()
+        plain = _Candidate("+".join(base), base)
+        more = _Candidate(label, names)
+        self.rounds([more], reserve=self.graph_checks, baseline=plain)
+        keep = _native.keep(more.comparisons)
+        if keep:
+            for n in extra:
+                decisions[n] = dataclasses.replace(
+                    decisions[n], kept=True, reason=f"kept with {label}: faster than without"
+                )
+        return Decision(
+            label,
+            keep,
+            f"{_reason(more, keep)}, against {plain.name}",
+            _measurements(self.workloads, more.comparisons),
+            num.max_abs_dlogit,
+        )
 
 
 def _strength(c: _Candidate) -> float:
