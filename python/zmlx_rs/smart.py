@@ -452,7 +452,6 @@ class _Candidate:
     rounds: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     comparisons: list[_native.Comparison] = field(default_factory=list)
     max_abs_dlogit: float | None = None
-    won: bool = False  # kept on its own rounds (before any check of a set)
 
 
 class _Session:
@@ -564,7 +563,6 @@ class _Session:
         kept = []
         for c in candidates:
             keep = _native.keep(c.comparisons)
-            c.won = keep
             decisions[c.name] = Decision(
                 c.name,
                 keep,
@@ -684,17 +682,8 @@ class _Session:
             return Decision(
                 label, False, f"numerics together: {num.describe()}", (), num.max_abs_dlogit
             )
-        self.warm_up()
-        both = _Candidate(label, names)
-        self.rounds([both], reserve=0)
-        keep = _native.keep(both.comparisons)
-        return Decision(
-            label,
-            keep,
-            "faster together" if keep else _reason(both, False),
-            _measurements(self.workloads, both.comparisons),
-            num.max_abs_dlogit,
-        )
+        checked = self.head_to_head(_Candidate(label, names), num)
+        return dataclasses.replace(checked, reason="faster together") if checked.kept else checked
 
     def verify(self, kept: list[_Candidate], decisions: dict[str, Decision]) -> Decision | None:
         """Re-checks the kept set together against the unpatched model; drops the weakest
@@ -735,29 +724,16 @@ class _Session:
             return None
         if not num.ok:
             return Decision(label, False, f"numerics: {num.describe()}", (), num.max_abs_dlogit)
-        self.warm_up()
         plain = _Candidate("+".join(names), names)
         with_graphs = _Candidate(label, names, graphs=True)
-        self.rounds([with_graphs], reserve=0, baseline=plain)
-        keep = _native.keep(with_graphs.comparisons)
-        return Decision(
-            label,
-            keep,
-            f"{_reason(with_graphs, keep)}, against {plain.name} without graphs",
-            _measurements(self.workloads, with_graphs.comparisons),
-            num.max_abs_dlogit,
-        )
+        return self.head_to_head(with_graphs, num, plain, against=f"{plain.name} without graphs")
 
     def joint(
         self, candidates: list[_Candidate], decisions: dict[str, Decision]
     ) -> Decision | None:
         """Where no pattern won alone: the ones that did not lose (two or more), measured
         together; kept together if that wins. None when there is no such set or no budget."""
-        names = [
-            c.name
-            for c in candidates
-            if c.comparisons and not any(x.verdict == "loss" for x in c.comparisons)
-        ]
+        names = [c.name for c in candidates if _not_lost(c)]
         if len(names) < 2 or self.left() <= 0:
             return None
         checked = self.together(names)
@@ -776,11 +752,7 @@ class _Session:
         the GPU time of a step pays only once another has cut its host time). Kept if that
         wins; None when there is nothing to add or no budget."""
         base = [c.name for c in kept]
-        extra = [
-            c.name
-            for c in candidates
-            if not c.won and c.comparisons and not any(x.verdict == "loss" for x in c.comparisons)
-        ]
+        extra = [c.name for c in candidates if _not_lost(c) and not _native.keep(c.comparisons)]
         if not extra or self.left() <= 0:
             return None
         names = [p.name for p in self.chosen if p.name in base or p.name in extra]
@@ -789,23 +761,44 @@ class _Session:
         num = self.numerics(names)
         if not num.ok:
             return Decision(label, False, f"numerics: {num.describe()}", (), num.max_abs_dlogit)
-        self.warm_up()
         plain = _Candidate("+".join(base), base)
-        more = _Candidate(label, names)
-        self.rounds([more], reserve=self.graph_checks, baseline=plain)
-        keep = _native.keep(more.comparisons)
-        if keep:
+        checked = self.head_to_head(_Candidate(label, names), num, plain, self.graph_checks)
+        if checked.kept:
             for n in extra:
                 decisions[n] = dataclasses.replace(
                     decisions[n], kept=True, reason=f"kept with {label}: faster than without"
                 )
+        return checked
+
+    def head_to_head(
+        self,
+        candidate: _Candidate,
+        num: measure.Numerics,
+        baseline: _Candidate | None = None,
+        reserve: int = 0,
+        against: str | None = None,
+    ) -> Decision:
+        """A set check after its numerics passed: warm-up, then the candidate's rounds against
+        `baseline` (default: the unpatched model) leaving budget for `reserve` later checks;
+        the reason names the baseline (`against`, default its name) where there is one."""
+        self.warm_up()
+        self.rounds([candidate], reserve=reserve, baseline=baseline)
+        keep = _native.keep(candidate.comparisons)
+        reason = _reason(candidate, keep)
+        if baseline is not None:
+            reason += f", against {against or baseline.name}"
         return Decision(
-            label,
+            candidate.name,
             keep,
-            f"{_reason(more, keep)}, against {plain.name}",
-            _measurements(self.workloads, more.comparisons),
+            reason,
+            _measurements(self.workloads, candidate.comparisons),
             num.max_abs_dlogit,
         )
+
+
+def _not_lost(c: _Candidate) -> bool:
+    """Measured, and no workload's interval below `1 - min_gain`."""
+    return bool(c.comparisons) and not any(x.verdict == "loss" for x in c.comparisons)
 
 
 def _strength(c: _Candidate) -> float:
