@@ -281,8 +281,8 @@ def test_dropout_mask_is_a_function_of_key_and_position():
 # (tokens, D, I, experts, k, bits, group_size, dtype): k = 1 to 8, 4- and 8-bit, groups
 # 32/64/128, several tokens, reductions that leave threads idle in their last step
 # (swiglu 260 chunks, combine 288), blocks of 1 to 8 rows, and the tensor-core kernels
-# (8 or more pairs, half dtypes, out features multiples of 128). The reference runs in fp32:
-# MLX's CPU gather_qmm accumulates half precision in half precision.
+# (8 or more pairs, half dtypes, out features multiples of 128; 16 rows a warp). The
+# reference runs in fp32: MLX's CPU gather_qmm accumulates half precision in half precision.
 QMV_CASES = [
     (1, 256, 128, 8, 2, 4, 64, mx.float32),
     (3, 384, 128, 16, 3, 8, 32, mx.float32),
@@ -294,6 +294,10 @@ QMV_CASES = [
     (1, 256, 384, 10, 8, 4, 64, mx.float16),
     # The tiny qwen3_moe of the decode-graph cuda test: a 6-token prompt, 12 pairs.
     (6, 256, 64, 8, 2, 4, 64, mx.float16),
+    # Tensor-core rings: 24 groups in 16 parts of 1 or 2 (gate|up), and Qwen3-30B-A3B's
+    # combine rows (12 parts, 3 in flight: the staging limits it), slots reused.
+    (1, 1536, 128, 8, 8, 4, 64, mx.float16),
+    (1, 256, 768, 8, 8, 4, 64, mx.float16),
 ]
 
 

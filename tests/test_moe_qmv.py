@@ -184,7 +184,8 @@ def test_kernels_match_gather_qmm(combo):
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize(
     ("tokens", "d", "inter", "n_experts", "k"),
-    [(1, 2048, 768, 128, 8), (3, 640, 256, 16, 6), (2, 1024, 384, 32, 4)],
+    # (1, 1536, ...): at group size 64, 24 groups a row staged in 16 parts of 1 or 2.
+    [(1, 2048, 768, 128, 8), (3, 640, 256, 16, 6), (2, 1024, 384, 32, 4), (1, 1536, 256, 16, 8)],
 )
 def test_kernels_are_mlx_lm_bitwise_where_mlx_uses_tensor_cores(
     tokens, d, inter, n_experts, k, group_size, dtype

@@ -81,40 +81,61 @@ pub const MAX_PAIRS: usize = 65_535;
 // max(64, group_size)), its numbers come from the tensor cores' rounding, which fp32 fmas do
 // not reproduce (a random-weight Qwen3-30B-A3B's greedy tokens drifted from the unfused
 // model's after ~20 steps). There the _mma kernels run the same mma.sync steps instead
-// (mma.cuh): a warp owns 8 rows of one expert and runs their D / 16 steps in order, reading
-// only shared memory (weights, scales, biases and x staged by asynchronous copies, a few parts
-// of the weights in flight at a time). Each output is one chain of dependent steps, so what
-// bounds these kernels is how soon each warp's chain starts and how long a step takes: the
-// first version read x and the scales from global memory inside the steps and requested all
-// weights up front, and took 38 us (ncu, H100) for the Qwen3-30B-A3B gate|up at 11% of DRAM
-// bandwidth; staging, leaner steps and parts in flight took it to 9.4 us per call
-// (benchmarks/moe_qmv.py). Elsewhere MLX runs an fp32 qmv and the split-K kernels below keep
-// its dequantisation (dequant.cuh).
+// (mma.cuh): a warp owns 16 rows of one expert and runs their D / 16 steps in order, reading
+// only shared memory (x and the scales staged by asynchronous copies, the weights through a
+// ring of parts, a few in flight at a time). Each output is one chain of dependent steps, so
+// what bounds these kernels is how soon each warp's chain starts and how fast its steps
+// issue: the first version read x and the scales from global memory inside the steps and
+// requested all weights up front, and took 38 us (ncu, H100) for the Qwen3-30B-A3B gate|up at
+// 11% of DRAM bandwidth; staging, leaner steps and parts in flight took it to 11 us, and
+// 16 weight rows rather than 16 copies of x in the mma's A operand, streamed in finer parts,
+// to 10.2 us (kernel time, interleaved against the 8-row kernel; the combine 6.35 -> 5.7 us).
+// Probed there and left: more parts in flight (8-row warps with all 8 parts in flight:
+// 11.3 us), the rows prefetched to L2 in bulk first (12.9 us), x permuted into the slots'
+// order while staging (10.4 us). Without the dequantisation and the mma steps the same loads
+// take 7.1 us (combine 4.8 us). Elsewhere MLX runs an fp32 qmv and the split-K kernels below
+// keep its dequantisation (dequant.cuh).
 /// Static shared memory a block may use.
 const MMA_SMEM: usize = 48 * 1024;
+/// Parts a row's reduction is copied in (whole groups each), at most, and parts in flight
+/// beside the one being reduced, at most (fewer where the block's staging would not fit).
+const MMA_PARTS: usize = 16;
+const MMA_AHEAD: usize = 4;
 
-/// Shared memory one warp of an _mma kernel stages (zm::MmaStage): 8 weight rows over `n_in`
-/// inputs, padded by 16 bytes a row, and their scales and biases.
-fn mma_stage_bytes(q: Quant, n_in: usize) -> usize {
-    8 * (n_in * q.bits / 8 + 16) + 2 * 8 * (n_in / q.group_size) * 2
+/// Shared memory one warp of an _mma kernel stages (zm::MmaStage): a ring of parts of 16
+/// weight rows over `n_in` inputs, each row padded by 16 bytes, and the rows' scales and
+/// biases (two bytes each).
+fn mma_stage_bytes(q: Quant, n_in: usize, parts: usize, ahead: usize) -> usize {
+    let groups = n_in / q.group_size;
+    let group_bytes = q.group_size * q.bits / 8;
+    let slots = (ahead + 1).min(parts);
+    slots * 16 * (groups.div_ceil(parts) * group_bytes + 16) + 2 * 16 * groups * 2
+}
+
+/// The ring of an _mma kernel whose blocks have `warps` warps beside `fixed` bytes of other
+/// shared memory: (parts, parts in flight), as many in flight as fit, None if none does.
+fn mma_ring(q: Quant, n_in: usize, warps: usize, fixed: usize) -> Option<(usize, usize)> {
+    let parts = (n_in / q.group_size).min(MMA_PARTS);
+    (1..=MMA_AHEAD.min(parts))
+        .rev()
+        .find(|&a| warps * mma_stage_bytes(q, n_in, parts, a) + fixed <= MMA_SMEM)
+        .map(|a| (parts, a))
 }
 
 /// Whether MLX's gather_qmm uses qmm_sm80 for `rows` (token, expert) rows of `n` outputs over
-/// `n_in` inputs, and an _mma block staging `smem` bytes fits.
-fn use_mma(
+/// `n_in` inputs.
+fn mlx_uses_mma(
     dtype: DType,
     experts: &Experts,
     q: Quant,
     rows: usize,
     (n, n_in): (usize, usize),
-    smem: usize,
 ) -> bool {
     matches!(dtype, DType::F16 | DType::BF16)
         && experts.scales.1 == dtype
         && rows >= 8
         && n % 128 == 0
         && n_in % q.group_size.max(64) == 0
-        && smem <= MMA_SMEM
 }
 
 /// Threads per block are a multiple of 32 up to this many warps, sized so that the reduction's
@@ -326,14 +347,18 @@ pub fn plan_swiglu(
         ("K", TemplateArg::Int(k as i32)),
         ("E", TemplateArg::Int(n_experts as i32)),
     ];
-    // A gate warp and an up warp, x (two bytes a value) and their 2 x 8 results.
-    let smem = 2 * (mma_stage_bytes(q, d) + 8 * 4) + 2 * d;
-    if use_mma(x_dtype, &experts, q, pairs, (inter, d), smem) {
-        // Blocks of 2 warps: 8 gate rows, the 8 matching up rows.
+    // A gate warp and an up warp beside x (two bytes a value) and their 2 x 16 results.
+    let ring = mma_ring(q, d, 2, 2 * d + 2 * 16 * 4);
+    if let Some((parts, ahead)) =
+        ring.filter(|_| mlx_uses_mma(x_dtype, &experts, q, pairs, (inter, d)))
+    {
+        template.push(("PARTS", TemplateArg::Int(parts as i32)));
+        template.push(("AHEAD", TemplateArg::Int(ahead as i32)));
+        // Blocks of 2 warps: 16 gate rows, the 16 matching up rows.
         return Ok(Launch {
             kernel: &MOE_QMV_SWIGLU_MMA,
             template,
-            grid: [(inter / 8 * 64) as u32, pairs as u32, 1],
+            grid: [(inter / 16 * 64) as u32, pairs as u32, 1],
             threadgroup: [64, 1, 1],
             output_shapes: vec![out],
             output_dtypes: vec![x_dtype],
@@ -437,15 +462,19 @@ pub fn plan_combine(
         ("E", TemplateArg::Int(n_experts as i32)),
     ];
     let scores_dtype = ("SC", TemplateArg::DType(s_dtype));
-    // k warps, each with its expert's activations, and their k x 8 products.
-    let smem = k * (mma_stage_bytes(q, inter) + 2 * inter + 8 * 4);
-    if use_mma(a_dtype, &experts, q, tokens * k, (d, inter), smem) {
-        // Blocks of k warps: expert k's 8 rows each.
+    // k warps beside their experts' activations and their k x 16 products.
+    let ring = mma_ring(q, inter, k, k * (2 * inter + 16 * 4));
+    if let Some((parts, ahead)) =
+        ring.filter(|_| mlx_uses_mma(a_dtype, &experts, q, tokens * k, (d, inter)))
+    {
         template.push(scores_dtype);
+        template.push(("PARTS", TemplateArg::Int(parts as i32)));
+        template.push(("AHEAD", TemplateArg::Int(ahead as i32)));
+        // Blocks of k warps: expert k's 16 rows each.
         return Ok(Launch {
             kernel: &MOE_QMV_COMBINE_MMA,
             template,
-            grid: [(d / 8 * k * 32) as u32, tokens as u32, 1],
+            grid: [(d / 16 * k * 32) as u32, tokens as u32, 1],
             threadgroup: [(k * 32) as u32, 1, 1],
             output_shapes: vec![out],
             output_dtypes: vec![a_dtype],
@@ -498,9 +527,12 @@ mod tests {
         .unwrap();
         assert_eq!(l.kernel.name, "zmlx_moe_qmv_swiglu_mma");
         assert_eq!(l.output_shapes, vec![vec![1, 1, 8, 768]]);
-        // Blocks of 2 warps (8 gate rows, 8 up rows): 96 per pair.
-        assert_eq!(l.grid, [96 * 64, 8, 1]);
+        // Blocks of 2 warps (16 gate rows, 16 up rows): 48 per pair. 32 groups a row in 16
+        // parts, 4 in flight (2 x 8.25 KiB of ring and scales, 4 KiB of x).
+        assert_eq!(l.grid, [48 * 64, 8, 1]);
         assert_eq!(l.threadgroup, [64, 1, 1]);
+        assert_eq!(template(&l, "PARTS"), TemplateArg::Int(16));
+        assert_eq!(template(&l, "AHEAD"), TemplateArg::Int(4));
         let l = plan_combine(
             (&[1, 1, 8, 768], DType::BF16),
             (&[1, 1, 8], DType::U32),
@@ -512,9 +544,13 @@ mod tests {
         .unwrap();
         assert_eq!(l.kernel.name, "zmlx_moe_qmv_combine_mma");
         assert_eq!(l.output_shapes, vec![vec![1, 1, 2048]]);
-        // 8 outputs per block, one warp per expert: 256 blocks.
-        assert_eq!(l.grid, [256 * 256, 1, 1]);
+        // 16 outputs per block, one warp per expert: 128 blocks. 12 groups a row in 12 parts;
+        // 4 in flight would take 8 x 4.5 KiB beside 12.5 KiB of activations and products,
+        // over 48 KiB: 3.
+        assert_eq!(l.grid, [128 * 256, 1, 1]);
         assert_eq!(l.threadgroup, [256, 1, 1]);
+        assert_eq!(template(&l, "PARTS"), TemplateArg::Int(12));
+        assert_eq!(template(&l, "AHEAD"), TemplateArg::Int(3));
         // Fewer than 8 pairs, fp32, or scales in another dtype: MLX's qmv, our split-K kernels.
         for (idx, x_dt, e) in [
             (&[1, 1, 4][..], DType::BF16, gate_up()),
@@ -563,13 +599,14 @@ mod tests {
 
     #[test]
     fn tensor_core_kernels_only_where_their_staging_fits() {
-        // 8 experts of Mixtral-size rows: 8 warps x 8 rows x 7 KiB of down weights, and
-        // 2 warps x 8 rows x 4 KiB of gate|up weights at D = 8192, exceed 48 KiB.
+        // Even with one part in flight: 8 experts of Mixtral-size rows (8 warps x 14 KiB of
+        // scales and biases alone, 224 KiB of activations), and gate|up at D = 8192 (2 warps
+        // x 16.5 KiB of ring and scales, 16 KiB of x), exceed 48 KiB.
         assert_eq!(picked(8, 4096, 14336, 8).1, "zmlx_moe_qmv_combine");
         assert_eq!(picked(8, 8192, 1024, 16).0, "zmlx_moe_qmv_swiglu");
-        // GLM-4.5-Air (D = 4096, I = 1408, k = 8): gate|up fits (2 warps x 18.1 KiB of
-        // weight rows, scales and biases, 8 KiB of x), the combine does not (8 x 9.1 KiB)
-        // and keeps the split-K kernel.
+        // GLM-4.5-Air (D = 4096, I = 1408, k = 8): gate|up fits (2 warps x 15.3 KiB of ring
+        // and scales, 8 KiB of x), the combine does not (8 x 3.9 KiB beside 22 KiB of
+        // activations) and keeps the split-K kernel.
         assert_eq!(
             picked(8, 4096, 1408, 128),
             ("zmlx_moe_qmv_swiglu_mma", "zmlx_moe_qmv_combine")

@@ -68,30 +68,36 @@ inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
   return __halves2half2(lane(__low2half(a), __low2half(b), __low2half(c)),
                         lane(__high2half(a), __high2half(b), __high2half(c)));
 }
-// One mma.sync m16n8k16 step as mma.cuh issues it (every row of A holds the same vector): the
-// lanes' fragments meet in two slot sets used in turn, one warp barrier each (as the
-// shuffles); exact products summed in double, rounded once (the tensor cores round
-// differently: the cuda tests check those).
-static unsigned mma_slot[2][64][32][4];
+// One mma.sync m16n8k16 step (row.col, fp32 accumulators) as mma.cuh issues it: lane 4g + t
+// holds A's rows g (a0: columns 2t, 2t + 1; a2: 2t + 8, 2t + 9) and g + 8 (a1, a3) and B's
+// column g (b_lo: rows 2t, 2t + 1; b_hi: 2t + 8, 2t + 9), and gets C's rows g (c[0], c[1]) and
+// g + 8 (c[2], c[3]) at columns 2t, 2t + 1. The lanes' fragments meet in two slot sets used in
+// turn, one warp barrier each (as the shuffles); exact products summed in double, rounded
+// once (the tensor cores round differently: the cuda tests check those).
+static unsigned mma_slot[2][64][32][6];
 thread_local int mma_set;
 template <typename T>
-void emulated_mma(float (&c)[4], unsigned a_lo, unsigned a_hi, unsigned b_lo, unsigned b_hi) {
+void emulated_mma(float (&c)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                  unsigned b_lo, unsigned b_hi) {
   static_assert(sizeof(T) == 2, "half types only");
   auto lo = [](unsigned u) { __half2 h; std::memcpy(&h, &u, 4); return (double)__low2float(h); };
   auto hi = [](unsigned u) { __half2 h; std::memcpy(&h, &u, 4); return (double)__high2float(h); };
-  const int w = threadIdx.x / 32, t = threadIdx.x % 4, s = mma_set ^= 1;
-  unsigned(&lanes)[32][4] = mma_slot[s][w];
+  const int w = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const int s = mma_set ^= 1;
+  unsigned(&lanes)[32][6] = mma_slot[s][w];
   unsigned* mine = lanes[threadIdx.x % 32];
-  mine[0] = a_lo, mine[1] = a_hi, mine[2] = b_lo, mine[3] = b_hi;
+  mine[0] = a0, mine[1] = a1, mine[2] = a2, mine[3] = a3, mine[4] = b_lo, mine[5] = b_hi;
   warp_bar[w]->arrive_and_wait();
-  for (int j = 0; j < 2; ++j) {
-    double d = c[j];
+  for (int i = 0; i < 4; ++i) {
+    const int upper = i / 2, col = 2 * t + i % 2;  // row g + 8 * upper
+    double d = c[i];
     for (int src = 0; src < 4; ++src) {
-      const unsigned* a = lanes[src];
-      const unsigned* b = lanes[4 * (2 * t + j) + src];
-      d += lo(a[0]) * lo(b[2]) + hi(a[0]) * hi(b[2]) + lo(a[1]) * lo(b[3]) + hi(a[1]) * hi(b[3]);
+      const unsigned* a = lanes[4 * g + src];
+      const unsigned* b = lanes[4 * col + src];
+      d += lo(a[upper]) * lo(b[4]) + hi(a[upper]) * hi(b[4]) + lo(a[2 + upper]) * lo(b[5]) +
+           hi(a[2 + upper]) * hi(b[5]);
     }
-    c[j] = c[j + 2] = (float)d;
+    c[i] = (float)d;
   }
 }
 // A thread that leaves the kernel drops out of the block's later __syncthreads, as on the GPU;

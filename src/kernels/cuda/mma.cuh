@@ -34,28 +34,27 @@ __device__ __forceinline__ void wait_async() {
 #endif
 }
 
-// c += A B for one m16n8k16 step. Every row of A holds v (a_lo: the step's values in slots 2t,
-// 2t + 1 of lane t; a_hi: slots 2t + 8, 2t + 9), column n of B weight row n (lane 4n + t holds
-// its values for the same slots), so lane 4g + t ends with rows 2t and 2t + 1 in c[0], c[1].
+// c += A B for one m16n8k16 step. A holds 16 weight rows (lane 4g + t: rows g and g + 8 in
+// slots 2t, 2t + 1 (a0: row g, a1: row g + 8) and 2t + 8, 2t + 9 (a2, a3)), every column of B
+// the vector v (b_lo: slots 2t, 2t + 1, b_hi: 2t + 8, 2t + 9), so lane 4g + t ends with row
+// g in c[0] (and c[1]) and row g + 8 in c[2] (and c[3]). The tensor cores' sum does not
+// depend on which operand holds the weights (checked bitwise on an H100).
+#define ZM_MMA(AB) \
+  asm("mma.sync.aligned.m16n8k16.row.col.f32." AB "." AB ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, " \
+      "{%8,%9}, {%0,%1,%2,%3};" \
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) \
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b_lo), "r"(b_hi))
 template <typename T>
-__device__ __forceinline__ void mma(float (&c)[4], uint32_t a_lo, uint32_t a_hi, uint32_t b_lo,
-                                    uint32_t b_hi) {
+__device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                    uint32_t a3, uint32_t b_lo, uint32_t b_hi) {
 #ifdef __CUDA_ARCH__
   if constexpr (kSame<T, __half>) {
-    asm(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%4,%5,%5}, "
-        "{%6,%7}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a_lo), "r"(a_hi), "r"(b_lo), "r"(b_hi));
+    ZM_MMA("f16");
   } else {
-    asm(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%4,%5,%5}, "
-        "{%6,%7}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a_lo), "r"(a_hi), "r"(b_lo), "r"(b_hi));
+    ZM_MMA("bf16");
   }
 #else
-  emulated_mma<T>(c, a_lo, a_hi, b_lo, b_hi);  // tests/emulation/emu.h
+  emulated_mma<T>(c, a0, a1, a2, a3, b_lo, b_hi);  // tests/emulation/emu.h
 #endif
 }
 
@@ -66,8 +65,7 @@ __device__ __forceinline__ uint32_t bits_of(const T& v) {
 
 // Lane t's share of a 16-value block: values 4t..4t+3 as (4t, 4t + 2) in lo and (4t + 1,
 // 4t + 3) in hi, of v (8-byte aligned) ...
-template <typename T>
-__device__ __forceinline__ void v_slots(const T* v, int t, uint32_t& lo, uint32_t& hi) {
+__device__ __forceinline__ void v_slots(const uint16_t* v, int t, uint32_t& lo, uint32_t& hi) {
   const uint2 u = *reinterpret_cast<const uint2*>(v + 4 * t);
   lo = __byte_perm(u.x, u.y, 0x5410);
   hi = __byte_perm(u.x, u.y, 0x7632);
@@ -110,17 +108,20 @@ __device__ __forceinline__ void w_slots(const unsigned char* blk, int t, uint32_
   }
 }
 
-// What one warp stages in shared memory for mma_rows: 8 weight rows of N values (RB bytes
-// each, padded by 16 so that the 8 rows a step reads fall on different banks) and their
-// scales and biases (raw bits, the 8 rows back to back as in global memory).
-template <int BITS, int GS, int N>
+// What one warp stages in shared memory for mma_rows: a ring of NS slots, each holding one
+// part of 16 weight rows (whole groups along the reduction, RS bytes a row: the largest
+// part's bytes padded by 16 so that the 8 rows a load reads fall on different banks), and
+// all of the rows' scales and biases (raw bits, the 16 rows back to back as in global
+// memory). PARTS parts, AHEAD of them in flight beside the one being reduced.
+template <int BITS, int GS, int N, int PARTS, int AHEAD>
 struct MmaStage {
-  static constexpr int RB = N * BITS / 8;
-  static constexpr int RS = RB + 16;
   static constexpr int G = N / GS;
-  unsigned char w[8 * RS];
-  uint16_t s[8 * G];
-  uint16_t b[8 * G];
+  static constexpr int GB = GS * BITS / 8;  // bytes of one row per group: a multiple of 16
+  static constexpr int RS = (G + PARTS - 1) / PARTS * GB + 16;
+  static constexpr int NS = AHEAD + 1 < PARTS ? AHEAD + 1 : PARTS;
+  unsigned char w[NS][16 * RS];
+  uint16_t s[16 * G];
+  uint16_t b[16 * G];
 };
 
 // Issues the asynchronous copy of v (N values of T, 16-byte aligned) to shared memory, shared
@@ -132,73 +133,85 @@ __device__ __forceinline__ void stage_v(uint16_t* sv, const T* v, int thread, in
   }
 }
 
-// The dot products of 8 consecutive weight rows (from byte w, RB bytes each; their 8 * G
-// scales and biases from s and b; all 16-byte aligned) with v (N values of T in shared memory,
-// its copy issued by stage_v before: by the whole block if BLOCK_V, then every warp of the
-// block calls this, else by this warp), MLX's way, by one warp. The rows are copied to shared
-// memory asynchronously in up to 8 parts of whole groups along the reduction, at most 4 in
-// flight: a part's steps run once it has landed, while the next ones load. Keeping only a
-// few parts in flight makes every warp's first parts land before any warp's last: with all
-// of them requested up front, each warp's first part waited behind other warps' whole rows
-// and the steps (one dependent chain of D / 16 mma) started only when nearly all data had
-// arrived. A step reads only shared memory. Lane 4g + t ends with rows 2t, 2t + 1 in c[0],
-// c[1].
-template <int BITS, int GS, int N, bool BLOCK_V, typename T>
-__device__ __forceinline__ void mma_rows(float (&c)[4], MmaStage<BITS, GS, N>& st,
-                                         const T* sv, const unsigned char* w, const uint16_t* s,
-                                         const uint16_t* b, int lane) {
-  using St = MmaStage<BITS, GS, N>;
-  constexpr int RB = St::RB;
-  constexpr int RS = St::RS;
+// The dot products of 16 consecutive weight rows (rows row0.. of w_all, N * BITS / 8 bytes
+// each; their 16 * G scales and biases in s_all and b_all; all 16-byte aligned) with v (sv:
+// N values of T in shared memory, its copy issued by stage_v before: by the whole block if
+// BLOCK_V, then every warp of the block calls this, else by this warp), MLX's way, by one
+// warp. The rows are copied to
+// shared memory asynchronously in PARTS parts of whole groups along the reduction, AHEAD in
+// flight: a part's steps run once it has landed, while the next ones load, and its slot of
+// the ring takes the part AHEAD + 1 further on. Keeping only a few parts in flight makes
+// every warp's first parts land before any warp's last: with all of them requested up front,
+// each warp's first part waited behind other warps' whole rows and the steps (one dependent
+// chain of N / 16 mma) started only when nearly all data had arrived. A step reads only
+// shared memory. Lane 4g + t ends with row g in c[0] and row g + 8 in c[2].
+//
+// The weights ride in the mma's A operand (16 rows) and v in B: the first version put v in A
+// (16 copies of one vector) and 8 weight rows in B, twice the mma steps and warps for the
+// same rows (moe_qmv.rs has the timings).
+template <int BITS, int GS, int N, int PARTS, int AHEAD, bool BLOCK_V, typename T, typename S>
+__device__ __forceinline__ void mma_rows(float (&c)[4], MmaStage<BITS, GS, N, PARTS, AHEAD>& st,
+                                         const uint16_t* sv, const uint32_t* w_all,
+                                         const S* s_all, const S* b_all, long long row0,
+                                         int lane) {
+  using St = MmaStage<BITS, GS, N, PARTS, AHEAD>;
+  constexpr int RB = N * BITS / 8;
   constexpr int G = St::G;
-  constexpr int P = G < 8 ? G : 8;
-  constexpr int AHEAD = P < 4 ? P : 4;
-  constexpr int GB = GS * BITS / 8;  // bytes of one row per group: a multiple of 16
-  constexpr int STEPS = GS / 16;     // mma steps per group
-  auto load = [&](int p) {
-    const int n = ((p + 1) * G / P - p * G / P) * GB / 16;  // 16-byte chunks per row
-    const int o0 = p * G / P * GB;
-    for (int i = lane; i < 8 * n; i += 32) {
+  constexpr int GB = St::GB;
+  constexpr int RS = St::RS;
+  constexpr int STEPS = GS / 16;  // mma steps per group
+  const auto* w = reinterpret_cast<const unsigned char*>(w_all) + row0 * RB;
+  const auto* s = reinterpret_cast<const uint16_t*>(s_all) + row0 * G;
+  const auto* b = reinterpret_cast<const uint16_t*>(b_all) + row0 * G;
+  auto q0 = [](int p) { return p * G / PARTS; };  // part p's first group
+  auto fetch = [&](int p) {
+    const int n = (q0(p + 1) - q0(p)) * GB / 16;  // 16-byte chunks per row
+    for (int i = lane; i < 16 * n; i += 32) {
       const int r = i / n;
-      const int o = o0 + (i % n) * 16;
-      copy_async16(st.w + r * RS + o, w + r * RB + o);
+      const int o = (i % n) * 16;
+      copy_async16(st.w[p % St::NS] + r * RS + o, w + r * RB + q0(p) * GB + o);
     }
   };
-  for (int i = lane; i < G; i += 32) {
+  for (int i = lane; i < 2 * G; i += 32) {
     copy_async16(st.s + 8 * i, s + 8 * i);
     copy_async16(st.b + 8 * i, b + 8 * i);
   }
-  load(0);
+  fetch(0);
   commit_async();  // with v, scales and biases
 #pragma unroll
   for (int p = 1; p < AHEAD; ++p) {
-    load(p);
+    fetch(p);
     commit_async();
   }
   const int g = lane >> 2;
   const int t = lane & 3;
 #pragma unroll
-  for (int p = 0; p < P; ++p) {
+  for (int p = 0; p < PARTS; ++p) {
     wait_async<AHEAD - 1>();  // part p has landed; one group is committed per part
+    // Also: every lane is done with part p - 1, whose slot the next load reuses.
     if (BLOCK_V && p == 0) {
       __syncthreads();  // v, copied by the whole block
     } else {
       __syncwarp();
     }
-    if (p + AHEAD < P) {
-      load(p + AHEAD);
+    if (p + AHEAD < PARTS) {
+      fetch(p + AHEAD);
     }
     commit_async();
+    const unsigned char* slot = st.w[p % St::NS];
 #pragma unroll 2
-    for (int q = p * G / P; q < (p + 1) * G / P; ++q) {
-      const uint32_t sb = st.s[g * G + q] | static_cast<uint32_t>(st.b[g * G + q]) << 16;
+    for (int q = q0(p); q < q0(p + 1); ++q) {
+      auto sb = [&](int r) { return st.s[r * G + q] | uint32_t{st.b[r * G + q]} << 16; };
+      const uint32_t sb0 = sb(g), sb1 = sb(g + 8);
 #pragma unroll
       for (int kk = 0; kk < STEPS; ++kk) {
         const int kb = q * STEPS + kk;
-        uint32_t a_lo, a_hi, b_lo, b_hi;
-        v_slots(sv + 16 * kb, t, a_lo, a_hi);
-        w_slots<BITS, T>(st.w + g * RS + kb * 2 * BITS, t, sb, b_lo, b_hi);
-        mma<T>(c, a_lo, a_hi, b_lo, b_hi);
+        const int o = (q - q0(p)) * GB + kk * 2 * BITS;  // the step's bytes in the part
+        uint32_t v_lo, v_hi, w0_lo, w0_hi, w1_lo, w1_hi;
+        v_slots(sv + 16 * kb, t, v_lo, v_hi);
+        w_slots<BITS, T>(slot + g * RS + o, t, sb0, w0_lo, w0_hi);
+        w_slots<BITS, T>(slot + (g + 8) * RS + o, t, sb1, w1_lo, w1_hi);
+        mma<T>(c, w0_lo, w1_lo, w0_hi, w1_hi, v_lo, v_hi);
       }
     }
   }

@@ -1,34 +1,30 @@
   // Decode-size MoE down-projection and combine on the tensor cores, rounded exactly as the
   // unfused path where MLX's gather_qmm runs qmm_sm80 (mma.cuh), then mlx-lm's combine: y_k
   // rounded to T, times the score, summed over k in order (zm::mlx_weighted, mlx_sum_step). A
-  // block owns outputs d0..d0+7 of one token (blockIdx.y); warp k the 8 rows of expert
+  // block owns outputs d0..d0+15 of one token (blockIdx.y); warp k the 16 rows of expert
   // indices[token, k] with its activations, staged beside them (zm::mma_rows).
-  constexpr int RB = I * BITS / 8;
-  constexpr int G = I / GS;
-  __shared__ __align__(16) zm::MmaStage<BITS, GS, I> st[K];
+  __shared__ __align__(16) zm::MmaStage<BITS, GS, I, PARTS, AHEAD> st[K];
   __shared__ __align__(16) uint16_t vs[K][I];
-  __shared__ float prod[K][8];
+  __shared__ float prod[K][16];
   const int k = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   const long long token = blockIdx.y;
-  const int d0 = blockIdx.x * 8;
+  const int d0 = blockIdx.x * 16;
   // Out-of-range experts are clamped rather than fault.
-  const long long e =
-      min(static_cast<uint32_t>(indices[token * K + k]), static_cast<uint32_t>(E - 1));
+  const long long e = min(uint32_t(indices[token * K + k]), uint32_t(E - 1));
   const long long row0 = e * D + d0;
   zm::stage_v<I>(vs[k], act + (token * K + k) * I, lane, 32);
   float c[4] = {};
-  zm::mma_rows<BITS, GS, I, false>(c, st[k], reinterpret_cast<const T*>(vs[k]),
-                            reinterpret_cast<const unsigned char*>(w) + row0 * RB,
-                            reinterpret_cast<const uint16_t*>(scales) + row0 * G,
-                            reinterpret_cast<const uint16_t*>(biases) + row0 * G, lane);
-  if (lane < 4) {
+  zm::mma_rows<BITS, GS, I, PARTS, AHEAD, false, T>(c, st[k], vs[k], w, scales, biases, row0,
+                                                    lane);
+  if ((lane & 3) == 0) {
     const float sk = zm::to_f(scores[token * K + k]);
-    prod[k][2 * lane] = zm::mlx_weighted<SC, T>(zm::round_to<T>(c[0]), sk);
-    prod[k][2 * lane + 1] = zm::mlx_weighted<SC, T>(zm::round_to<T>(c[1]), sk);
+    for (int h = 0; h < 2; ++h) {  // rows g and g + 8
+      prod[k][(lane >> 2) + 8 * h] = zm::mlx_weighted<SC, T>(zm::round_to<T>(c[2 * h]), sk);
+    }
   }
   __syncthreads();
-  if (threadIdx.x < 8) {
+  if (threadIdx.x < 16) {
     float sum = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < K; ++kk) {
