@@ -121,22 +121,60 @@ def read_floor_seconds(experts, picks) -> float | None:
     return best
 
 
-def _variant(launch, rows: int, warps: int, rows_per_block: int, rows_arg: str):
-    """`launch` retiled: `warps` warps per block splitting the reduction, `rows_per_block`
-    outputs per block (template argument `rows_arg`)."""
+def _variant(launch, tiles: dict, grid=None, threadgroup=None):
+    """`launch` with other tiling template arguments `tiles` (and the grid they need). It runs
+    through the kernel's `mx.fast.cuda_kernel`, which takes the variant's template: a
+    precompiled cubin is built for the planned launch's template only."""
     v = copy.copy(launch)
-    tiles = {"WARPS": warps, rows_arg: rows_per_block}
     v.template = [(n, tiles.get(n, x)) for n, x in launch.template]
-    blocks = -(-rows // rows_per_block)
-    v.grid = (blocks * warps * 32, launch.grid[1], 1)
-    v.threadgroup = (warps * 32, 1, 1)
+    if grid is not None:
+        v.grid, v.threadgroup = grid, threadgroup
+    v.precompiled = False
     v.call = None  # bound to the new tiling on first use
     return v
 
 
+def _tilings(base, n_rows: int, rows_arg: str) -> list[tuple[dict, object]]:
+    """(fields, launch) for the planned tiling and its neighbours, each as a variant (so that
+    all run through the same JIT path). Tensor-core kernels: parts of each warp's rows and
+    parts in flight (the same steps: outputs bit for bit the planned ones'); split-K kernels:
+    warps per block and outputs per block."""
+    planned = dict(base.template)
+    if "PARTS" in planned:
+        p0, a0 = planned["PARTS"], planned["AHEAD"]
+        tiles = {(p, a) for p in (max(p0 // 2, 1), p0) for a in (max(a0 // 2, 1), a0, 2 * a0)}
+        return [
+            (
+                {"parts": p, "ahead": a, "planned": (p, a) == (p0, a0)},
+                _variant(base, {"PARTS": p, "AHEAD": a}),
+            )
+            for p, a in sorted(tiles)
+            if a <= p
+        ]
+    w0, r0 = planned["WARPS"], planned[rows_arg]
+    tiles = {(w0, r0)}
+    tiles |= {(w, r0) for w in (max(w0 // 2, 1), w0 * 2) if w <= 32}
+    tiles |= {(w0, r) for r in (max(r0 // 2, 1), r0 * 2)}
+    out = []
+    for warps, r in sorted(tiles):
+        grid = (-(-n_rows // r) * warps * 32, base.grid[1], 1)
+        v = _variant(base, {"WARPS": warps, rows_arg: r}, grid, (warps * 32, 1, 1))
+        out.append(({"warps": warps, "rows_per_block": r, "planned": (warps, r) == (w0, r0)}, v))
+    return out
+
+
+def _tiling_seconds(kernel, inputs, launch) -> float:
+    """Kernel seconds per call of `launch` over the calls' inputs; wall where the profiler
+    does not run."""
+    t = kernel_seconds(lambda i: kernel(inputs[i], launch)[0], len(inputs))
+    return t if t is not None else _timed(lambda: [kernel(i, launch)[0] for i in inputs], 1)
+
+
 def sweep_tiles(up, down, xs, picks, scores, acts, d, inter, gs, bits, rounds):
-    """Time per call of each (warps per block, outputs per block) tiling of both kernels; the
-    planner's own choice is among them."""
+    """Time per call of each tiling of both kernels (_tilings), the planner's own among them,
+    in interleaved rounds: kernel time (kernel_seconds) where the profiler runs, else wall
+    time. Each tiling's outputs are compared bit for bit with the planned tiling's; one that
+    does not compile (its shared memory over 48 KiB) is listed with its error."""
     rows = []
     for op, kernel, n_rows, rows_arg in (
         ("gather_qmv_swiglu", kernels._QMV_SWIGLU, inter, "JB"),
@@ -148,23 +186,29 @@ def sweep_tiles(up, down, xs, picks, scores, acts, d, inter, gs, bits, rounds):
         else:
             base = kernels._qmv_combine_launch(acts[0], picks[0], scores[0], *down, gs, bits)
             inputs = [[a, i, s, *down] for a, i, s in zip(acts, picks, scores, strict=True)]
-        planned = dict(base.template)
-        w0, r0 = planned["WARPS"], planned[rows_arg]
-        tiles = {(w0, r0)}
-        tiles |= {(w, r0) for w in (max(w0 // 2, 1), w0 * 2) if w <= 32}
-        tiles |= {(w0, r) for r in (max(r0 // 2, 1), r0 * 2)}
-        for warps, r in sorted(tiles):
-            v = _variant(base, n_rows, warps, r, rows_arg)
-            t = _timed(lambda v=v, f=kernel, ins=inputs: [f(i, v)[0] for i in ins], rounds)
-            rows.append(
-                {
-                    "op": op,
-                    "warps": warps,
-                    "rows_per_block": r,
-                    "planned": (warps, r) == (w0, r0),
-                    "us": t * 1e6,
-                }
+        runs = []
+        want = None
+        for fields, v in _tilings(base, n_rows, rows_arg):
+            row = {"op": op, **fields}
+            try:
+                outs = [kernel(i, v)[0] for i in inputs]
+                mx.eval(outs)
+            except (RuntimeError, ValueError) as e:  # MLX raises what NVRTC reports
+                rows.append(row | {"error": str(e).splitlines()[0][:200]})
+                continue
+            if fields["planned"]:
+                want = outs
+            runs.append((row, v, outs))
+        times: dict[int, list[float]] = {j: [] for j in range(len(runs))}
+        for _ in range(max(rounds // 5, 3)):
+            for j, (_, v, _) in enumerate(runs):
+                times[j].append(_tiling_seconds(kernel, inputs, v))
+        for j, (row, _, outs) in enumerate(runs):
+            same = want is not None and all(
+                bool(mx.array_equal(a, b)) for a, b in zip(outs, want, strict=True)
             )
+            ts = sorted(t * 1e6 for t in times[j])
+            rows.append(row | {"us": statistics.median(ts), "us_range": ts, "bitwise": same})
     return rows
 
 
@@ -206,7 +250,9 @@ def bench_shape(name, d, inter, n_experts, k, bits, gs, dtype, rounds, sweep=Fal
     if sweep and _backend.on_cuda():
         for r in sweep_tiles(up, down, xs, picks, scores, acts, d, inter, gs, bits, rounds):
             nbytes = up_bytes if r["op"] == "gather_qmv_swiglu" else down_bytes
-            rows.append({"shape": name, "sweep": True, **r, "GBps": nbytes / r["us"] / 1e3})
+            if "us" in r:
+                r["GBps"] = nbytes / r["us"] / 1e3
+            rows.append({"shape": name, "sweep": True, **r})
     for op, (nbytes, experts, fused, unfused) in runs.items():
         t_fused = _timed(lambda f=fused: [f(i) for i in range(CALLS)], rounds)
         t_unfused = _timed(lambda f=unfused: [f(i) for i in range(CALLS)], rounds)
@@ -243,7 +289,11 @@ def main() -> None:
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--out", default="benchmarks/results/moe_qmv.json")
-    p.add_argument("--sweep", action="store_true", help="also time other block tilings")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also time other tilings (interleaved, kernel time, outputs compared bit for bit)",
+    )
     args = p.parse_args()
     dtype = mx.bfloat16
     copy_big = copy_bandwidth(1 << 30, args.rounds)
@@ -302,11 +352,16 @@ def main() -> None:
         )
 
     for r in sweeps:
-        print(
-            f"  tiling {r['shape']:<15}{r['op']:<20} warps {r['warps']:>2} outputs/block "
-            f"{r['rows_per_block']}: {r['us']:7.1f} us {r['GBps']:6.0f} GB/s"
-            f"{' (planned)' if r['planned'] else ''}"
-        )
+        if "parts" in r:
+            tiling = f"parts {r['parts']:>2} in flight {r['ahead']:>2}"
+        else:
+            tiling = f"warps {r['warps']:>2} outputs/block {r['rows_per_block']:>2}"
+        if "error" in r:
+            timing = f"does not build: {r['error']}"
+        else:
+            timing = f"{r['us']:7.2f} us {r['GBps']:6.0f} GB/s bitwise {r['bitwise']}"
+        planned = " (planned)" if r["planned"] else ""
+        print(f"  tiling {r['shape']:<15}{r['op']:<20} {tiling}: {timing}{planned}")
 
 
 if __name__ == "__main__":
