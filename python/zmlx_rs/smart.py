@@ -618,9 +618,7 @@ class _Session:
         self.numerics_cost = max(self.numerics_cost, time.perf_counter() - t)
         if not num.ok:
             self.use(None)
-            return Decision(
-                pattern.name, False, f"numerics: {num.describe()}", (), num.max_abs_dlogit
-            ), None
+            return _numerics_failed(pattern.name, num), None
         self.warm_up()
         return None, _Candidate(pattern.name, [pattern.name], max_abs_dlogit=num.max_abs_dlogit)
 
@@ -679,9 +677,7 @@ class _Session:
         self.bar.update(f"checking {label} together")
         num = self.numerics(names)
         if not num.ok:
-            return Decision(
-                label, False, f"numerics together: {num.describe()}", (), num.max_abs_dlogit
-            )
+            return _numerics_failed(label, num, "numerics together")
         checked = self.head_to_head(_Candidate(label, names), num)
         return dataclasses.replace(checked, reason="faster together") if checked.kept else checked
 
@@ -723,7 +719,7 @@ class _Session:
         if not graphs_built(self.model):
             return None
         if not num.ok:
-            return Decision(label, False, f"numerics: {num.describe()}", (), num.max_abs_dlogit)
+            return _numerics_failed(label, num)
         plain = _Candidate("+".join(names), names)
         with_graphs = _Candidate(label, names, graphs=True)
         return self.head_to_head(with_graphs, num, plain, against=f"{plain.name} without graphs")
@@ -738,10 +734,7 @@ class _Session:
             return None
         checked = self.together(names)
         if checked.kept:
-            for n in names:
-                decisions[n] = dataclasses.replace(
-                    decisions[n], kept=True, reason=f"kept with {checked.pattern}: faster together"
-                )
+            _mark_kept(decisions, names, f"kept with {checked.pattern}: faster together")
         return checked
 
     def extend(
@@ -760,14 +753,11 @@ class _Session:
         self.bar.update(f"checking {label} against {'+'.join(base)}")
         num = self.numerics(names)
         if not num.ok:
-            return Decision(label, False, f"numerics: {num.describe()}", (), num.max_abs_dlogit)
+            return _numerics_failed(label, num)
         plain = _Candidate("+".join(base), base)
         checked = self.head_to_head(_Candidate(label, names), num, plain, self.graph_checks)
         if checked.kept:
-            for n in extra:
-                decisions[n] = dataclasses.replace(
-                    decisions[n], kept=True, reason=f"kept with {label}: faster than without"
-                )
+            _mark_kept(decisions, extra, f"kept with {label}: faster than without")
         return checked
 
     def head_to_head(
@@ -794,6 +784,17 @@ class _Session:
             _measurements(self.workloads, candidate.comparisons),
             num.max_abs_dlogit,
         )
+
+
+def _numerics_failed(label: str, num: measure.Numerics, what: str = "numerics") -> Decision:
+    """The decision for `label` whose numerics failed: not kept, no measurements."""
+    return Decision(label, False, f"{what}: {num.describe()}", (), num.max_abs_dlogit)
+
+
+def _mark_kept(decisions: dict[str, Decision], names: list[str], reason: str) -> None:
+    """Marks the patterns `names` kept (as part of a set that won) with `reason`."""
+    for n in names:
+        decisions[n] = dataclasses.replace(decisions[n], kept=True, reason=reason)
 
 
 def _not_lost(c: _Candidate) -> bool:
