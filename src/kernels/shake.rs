@@ -137,18 +137,24 @@ fn items(minified: &str) -> Vec<Item> {
     out
 }
 
+/// The identifiers `code` mentions outside string literals: an asm string names instructions,
+/// not helpers (`"mma.sync.aligned..."` is no use of `aligned`). The sources escape no quotes.
+fn mentions(code: &str) -> impl Iterator<Item = &str> {
+    code.split('"').step_by(2).flat_map(identifiers)
+}
+
 /// The helper definitions of `minified` that `body` reaches, in their order, with their
 /// namespace.
 pub fn shake(minified: &str, body: &str) -> String {
     let items = items(minified);
     let mut keep: Vec<bool> = items.iter().map(|i| i.names.is_empty()).collect();
-    let mut seen: std::collections::HashSet<&str> = identifiers(body).collect();
+    let mut seen: std::collections::HashSet<&str> = mentions(body).collect();
     loop {
         let mut grew = false;
         for (i, item) in items.iter().enumerate() {
             if !keep[i] && item.names.iter().any(|n| seen.contains(n.as_str())) {
                 keep[i] = true;
-                seen.extend(identifiers(&item.text));
+                seen.extend(mentions(&item.text));
                 grew = true;
             }
         }
@@ -196,6 +202,7 @@ struct alignas(sizeof(T) * N) Vec {
   T v[N];
 };
 __device__ float unused(float v) { return v; }
+__device__ float mov(float v) { return v; }
 __device__ float twice(float v) {
   asm(\"{ mov }\");
   return from_f<float>(v) * 2.0f;
@@ -211,7 +218,8 @@ __device__ float twice(float v) {
         assert!(got.contains("from_f<float>(float v) { return v; }"));
         assert!(got.contains("__device__ T from_f(float v);"));
         assert!(got.contains("twice"));
-        for gone in ["unused", "ZM_X", "kSame", "Vec"] {
+        // `mov` is only named inside twice's asm string.
+        for gone in ["unused", "ZM_X", "kSame", "Vec", "float mov"] {
             assert!(!got.contains(gone), "{gone} should be dropped:\n{got}");
         }
         assert!(got.ends_with("}\n"));
