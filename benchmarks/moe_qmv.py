@@ -142,7 +142,9 @@ def _tilings(base, n_rows: int, rows_arg: str) -> list[tuple[dict, object]]:
     planned = dict(base.template)
     if "PARTS" in planned:
         p0, a0 = planned["PARTS"], planned["AHEAD"]
-        tiles = {(p, a) for p in (max(p0 // 2, 1), p0) for a in (max(a0 // 2, 1), a0, 2 * a0)}
+        tiles = {
+            (p, a) for p in (max(p0 // 2, 1), p0) for a in (max(a0 // 2, 1), a0, a0 + 1, 2 * a0)
+        }
         return [
             (
                 {"parts": p, "ahead": a, "planned": (p, a) == (p0, a0)},

@@ -182,21 +182,29 @@ def test_kernels_match_gather_qmm(combo):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize(
     ("tokens", "d", "inter", "n_experts", "k"),
     # (1, 1536, ...): at group size 64, 24 groups a row staged in 16 parts of 1 or 2.
-    [(1, 2048, 768, 128, 8), (3, 640, 256, 16, 6), (2, 1024, 384, 32, 4), (1, 1536, 256, 16, 8)],
+    # (1, 4096, 1408, ...): GLM-4.5-Air's combine, whose staging fits only in small parts.
+    [
+        (1, 2048, 768, 128, 8),
+        (3, 640, 256, 16, 6),
+        (2, 1024, 384, 32, 4),
+        (1, 1536, 256, 16, 8),
+        (1, 4096, 1408, 16, 8),
+    ],
 )
 def test_kernels_are_mlx_lm_bitwise_where_mlx_uses_tensor_cores(
-    tokens, d, inter, n_experts, k, group_size, dtype
+    tokens, d, inter, n_experts, k, bits, group_size, dtype
 ):
     # At least 8 (token, expert) pairs and out features multiples of 128: MLX's gather_qmm runs
     # qmm_sm80 and the _mma kernels repeat its steps. Against mlx-lm's own unfused path
     # (separate gate and up projections, nn.silu(g) * u, down, (y * scores).sum(-2)).
-    x, inds, scores, _, down = _case(tokens, d, inter, n_experts, k, 4, group_size, dtype)
-    q = {"transpose": True, "group_size": group_size, "bits": 4}
+    x, inds, scores, _, down = _case(tokens, d, inter, n_experts, k, bits, group_size, dtype)
+    q = {"transpose": True, "group_size": group_size, "bits": bits}
     keys = mx.random.split(mx.random.key(1), 2)
-    gate, upp = (_experts(n_experts, inter, d, 4, group_size, dtype, kk) for kk in keys)
+    gate, upp = (_experts(n_experts, inter, d, bits, group_size, dtype, kk) for kk in keys)
     up = [mx.concatenate([a, b], axis=1) for a, b in zip(gate, upp, strict=True)]
     xe = mx.expand_dims(x, (-2, -3))
     g = mx.gather_qmm(xe, *gate, rhs_indices=inds, **q)
@@ -205,10 +213,12 @@ def test_kernels_are_mlx_lm_bitwise_where_mlx_uses_tensor_cores(
     y = mx.gather_qmm(mx.expand_dims(want_act, -2), *down, rhs_indices=inds, **q).squeeze(-2)
     want = (y * scores[..., None]).sum(axis=-2)
     poison((want_act.shape, dtype))
-    act = kernels.gather_qmv_swiglu(x, inds, *up, group_size=group_size, bits=4)
+    act = kernels.gather_qmv_swiglu(x, inds, *up, group_size=group_size, bits=bits)
     assert bool(mx.array_equal(act, want_act))
     poison((want.shape, dtype))
-    out = kernels.gather_qmv_combine(want_act, inds, scores, *down, group_size=group_size, bits=4)
+    out = kernels.gather_qmv_combine(
+        want_act, inds, scores, *down, group_size=group_size, bits=bits
+    )
     assert bool(mx.array_equal(out, want))
 
 

@@ -97,8 +97,14 @@ pub const MAX_PAIRS: usize = 65_535;
 // keep its dequantisation (dequant.cuh).
 /// Static shared memory a block may use.
 const MMA_SMEM: usize = 48 * 1024;
-/// Parts a row's reduction is copied in (whole groups each), at most, and parts in flight
-/// beside the one being reduced, at most (fewer where the block's staging would not fit).
+/// A warp's 16 rows are copied in parts of about MMA_PART_BYTES (whole groups; at most
+/// MMA_PARTS parts unless smaller parts are what fits), with up to MMA_FLIGHT_BYTES (at most
+/// MMA_AHEAD parts) in flight beside the part being reduced. Swept on an H100
+/// (moe_qmv.py --sweep): Qwen3-30B-A3B's gate|up was fastest with 1 KiB parts and 4 KiB in
+/// flight; GLM-4.5-Air's (2 KiB parts, 16 of them) 1.2x faster with 4 KiB in flight than
+/// with 8, where its blocks no longer all fit on the device at once.
+const MMA_PART_BYTES: usize = 1024;
+const MMA_FLIGHT_BYTES: usize = 4096;
 const MMA_PARTS: usize = 16;
 const MMA_AHEAD: usize = 4;
 
@@ -113,13 +119,30 @@ fn mma_stage_bytes(q: Quant, n_in: usize, parts: usize, ahead: usize) -> usize {
 }
 
 /// The ring of an _mma kernel whose blocks have `warps` warps beside `fixed` bytes of other
-/// shared memory: (parts, parts in flight), as many in flight as fit, None if none does.
+/// shared memory: (parts, parts in flight), the most bytes in flight (up to MMA_FLIGHT_BYTES)
+/// that fit with parts of about MMA_PART_BYTES or smaller, the larger parts on a tie; None if
+/// nothing fits.
 fn mma_ring(q: Quant, n_in: usize, warps: usize, fixed: usize) -> Option<(usize, usize)> {
-    let parts = (n_in / q.group_size).min(MMA_PARTS);
-    (1..=MMA_AHEAD.min(parts))
-        .rev()
-        .find(|&a| warps * mma_stage_bytes(q, n_in, parts, a) + fixed <= MMA_SMEM)
-        .map(|a| (parts, a))
+    let groups = n_in / q.group_size;
+    let group_bytes = 16 * q.group_size * q.bits / 8; // of the warp's 16 rows
+    let first = (groups * group_bytes)
+        .div_ceil(MMA_PART_BYTES)
+        .clamp(1, groups.min(MMA_PARTS));
+    let mut best: Option<(usize, usize, usize)> = None; // (bytes in flight, parts, ahead)
+    for parts in first..=groups {
+        let part = groups.div_ceil(parts) * group_bytes;
+        let most = (MMA_FLIGHT_BYTES / part).clamp(1, MMA_AHEAD.min(parts));
+        let fits = (1..=most)
+            .rev()
+            .find(|&a| warps * mma_stage_bytes(q, n_in, parts, a) + fixed <= MMA_SMEM);
+        if let Some(a) = fits {
+            let flight = (a * part).min(MMA_FLIGHT_BYTES);
+            if best.is_none_or(|(f, _, _)| flight > f) {
+                best = Some((flight, parts, a));
+            }
+        }
+    }
+    best.map(|(_, parts, a)| (parts, a))
 }
 
 /// Whether MLX's gather_qmm uses qmm_sm80 for `rows` (token, expert) rows of `n` outputs over
@@ -509,7 +532,7 @@ mod tests {
     }
 
     fn template(l: &Launch, name: &str) -> TemplateArg {
-        l.template.iter().find(|(n, _)| *n == name).unwrap().1
+        template_of(l, name).unwrap()
     }
 
     #[test]
@@ -573,8 +596,14 @@ mod tests {
         }
     }
 
-    /// The kernel the planners pick for one bf16 token, k experts of E, 4-bit, group 64.
-    fn picked(k: usize, d: usize, inter: usize, e: usize) -> (&'static str, &'static str) {
+    /// The kernels the planners pick for one bf16 token, k experts of E, 4-bit, group 64, with
+    /// their rings (parts, parts in flight) where they are _mma kernels.
+    fn picked(
+        k: usize,
+        d: usize,
+        inter: usize,
+        e: usize,
+    ) -> [(&'static str, Option<(i32, i32)>); 2] {
         let (g, p) = (d / 64, d / 8);
         let up = plan_swiglu(
             (&[1, d], DType::BF16),
@@ -594,22 +623,41 @@ mod tests {
             64,
         )
         .unwrap();
-        (up.kernel.name, down.kernel.name)
+        [up, down].map(|l| {
+            let ring = match (template_of(&l, "PARTS"), template_of(&l, "AHEAD")) {
+                (Some(TemplateArg::Int(p)), Some(TemplateArg::Int(a))) => Some((p, a)),
+                _ => None,
+            };
+            (l.kernel.name, ring)
+        })
+    }
+
+    fn template_of(l: &Launch, name: &str) -> Option<TemplateArg> {
+        l.template.iter().find(|(n, _)| *n == name).map(|x| x.1)
     }
 
     #[test]
     fn tensor_core_kernels_only_where_their_staging_fits() {
         // Even with one part in flight: 8 experts of Mixtral-size rows (8 warps x 14 KiB of
-        // scales and biases alone, 224 KiB of activations), and gate|up at D = 8192 (2 warps
-        // x 16.5 KiB of ring and scales, 16 KiB of x), exceed 48 KiB.
-        assert_eq!(picked(8, 4096, 14336, 8).1, "zmlx_moe_qmv_combine");
-        assert_eq!(picked(8, 8192, 1024, 16).0, "zmlx_moe_qmv_swiglu");
-        // GLM-4.5-Air (D = 4096, I = 1408, k = 8): gate|up fits (2 warps x 15.3 KiB of ring
-        // and scales, 8 KiB of x), the combine does not (8 x 3.9 KiB beside 22 KiB of
-        // activations) and keeps the split-K kernel.
+        // scales and biases alone, 224 KiB of activations), and gate|up at D = 16384 (32 KiB
+        // of x, 2 warps x 16 KiB of scales and biases), exceed 48 KiB.
+        assert_eq!(picked(8, 4096, 14336, 8)[1], ("zmlx_moe_qmv_combine", None));
+        assert_eq!(picked(8, 16384, 1024, 16)[0], ("zmlx_moe_qmv_swiglu", None));
+        // Where 1 KiB parts do not fit, smaller ones: gate|up at D = 8192 in 32 parts of
+        // 2 KiB, 2 in flight (64 parts of 1 KiB, 4 in flight, move as much); GLM-4.5-Air
+        // (D = 4096, I = 1408, k = 8): gate|up in 16 parts of 2 KiB (at most 16), 2 in flight;
+        // its combine, 8 warps beside 22 KiB of activations, one group per part, one in
+        // flight.
+        assert_eq!(
+            picked(8, 8192, 1024, 16)[0],
+            ("zmlx_moe_qmv_swiglu_mma", Some((32, 2)))
+        );
         assert_eq!(
             picked(8, 4096, 1408, 128),
-            ("zmlx_moe_qmv_swiglu_mma", "zmlx_moe_qmv_combine")
+            [
+                ("zmlx_moe_qmv_swiglu_mma", Some((16, 2))),
+                ("zmlx_moe_qmv_combine_mma", Some((22, 1)))
+            ]
         );
     }
 

@@ -71,40 +71,38 @@ __device__ __forceinline__ void v_slots(const uint16_t* v, int t, uint32_t& lo, 
   hi = __byte_perm(u.x, u.y, 0x7632);
 }
 
-// ... and of a weight row's block (blk: its first byte), dequantised with sb = (scale, bias).
-// The fields are spread to (value, value) pairs with a byte permute and a shift; the mask
-// and dequant2's magic number then make one three-input logic op per pair.
+// ... and of a weight row's step (row: 16-byte aligned; o: the step's first byte, 2 * BITS
+// bytes a step), dequantised with sb = (scale, bias). A 4-bit step is half of a 16-byte load
+// (the next step's load is the same one, merged by the compiler); a byte permute (sel: bytes
+// 2t, 2t + 1 to bytes 0 and 2) and a shift spread lane t's fields to (value, value) pairs; the
+// mask and dequant2's magic number then make one three-input logic op per pair.
 template <int BITS, typename T>
-__device__ __forceinline__ void w_slots(const unsigned char* blk, int t, uint32_t sb,
-                                        uint32_t& lo, uint32_t& hi) {
-  uint32_t f_lo, f_hi;
+__device__ __forceinline__ void w_slots(const unsigned char* row, int o, int t, uint32_t sel,
+                                        uint32_t sb, uint32_t& lo, uint32_t& hi) {
+  constexpr uint32_t kMask = BITS == 4 ? 0x000F000Fu : 0x00FF00FFu;
+  uint32_t u;
   if constexpr (BITS == 4) {
-    // bytes (q1 q0, q3 q2) -> (q1 q0, 0, q3 q2, 0): q0, q2 in the low nibbles, q1, q3 above.
-    const uint32_t u = __byte_perm(*reinterpret_cast<const uint16_t*>(blk + 2 * t), 0, 0x4140);
-    f_lo = u & 0x000F000Fu;
-    f_hi = (u >> 4) & 0x000F000Fu;
+    const uint4 c = *reinterpret_cast<const uint4*>(row + (o & ~15));
+    u = o & 8 ? __byte_perm(c.z, c.w, sel) : __byte_perm(c.x, c.y, sel);
   } else {
-    const uint32_t u = *reinterpret_cast<const uint32_t*>(blk + 4 * t);
-    f_lo = u & 0x00FF00FFu;
-    f_hi = (u >> 8) & 0x00FF00FFu;
+    u = *reinterpret_cast<const uint32_t*>(row + o + 4 * t);
   }
   if constexpr (BITS <= Pair<T>::kMaxBits) {
     using T2 = typename Pair<T>::T2;
-    const uint32_t s2 = __byte_perm(sb, sb, 0x1010);
-    const uint32_t b2 = __byte_perm(sb, sb, 0x3232);
-    lo = bits_of(dequant2<T>(f_lo, *reinterpret_cast<const T2*>(&s2),
-                             *reinterpret_cast<const T2*>(&b2)));
-    hi = bits_of(dequant2<T>(f_hi, *reinterpret_cast<const T2*>(&s2),
-                             *reinterpret_cast<const T2*>(&b2)));
+    const uint32_t s2 = __byte_perm(sb, sb, 0x1010), b2 = __byte_perm(sb, sb, 0x3232);
+    const T2 s = *reinterpret_cast<const T2*>(&s2), b = *reinterpret_cast<const T2*>(&b2);
+    lo = bits_of(dequant2<T>(u, kMask, s, b));
+    hi = bits_of(dequant2<T>(u >> BITS, kMask, s, b));
   } else {  // 8-bit fields in bfloat16: wider than its magic number; fp32 fma, one rounding
     const float s = __uint_as_float(sb << 16);
     const float b = __uint_as_float(sb & 0xFFFF0000u);
     auto pair = [&](uint32_t f) {
+      f &= kMask;
       return bits_of(__floats2bfloat162_rn(fmaf(static_cast<float>(f & 0xFFFFu), s, b),
                                            fmaf(static_cast<float>(f >> 16), s, b)));
     };
-    lo = pair(f_lo);
-    hi = pair(f_hi);
+    lo = pair(u);
+    hi = pair(u >> 8);
   }
 }
 
@@ -156,9 +154,7 @@ __device__ __forceinline__ void mma_rows(float (&c)[4], MmaStage<BITS, GS, N, PA
                                          int lane) {
   using St = MmaStage<BITS, GS, N, PARTS, AHEAD>;
   constexpr int RB = N * BITS / 8;
-  constexpr int G = St::G;
-  constexpr int GB = St::GB;
-  constexpr int RS = St::RS;
+  constexpr int G = St::G, GB = St::GB, RS = St::RS;
   constexpr int STEPS = GS / 16;  // mma steps per group
   const auto* w = reinterpret_cast<const unsigned char*>(w_all) + row0 * RB;
   const auto* s = reinterpret_cast<const uint16_t*>(s_all) + row0 * G;
@@ -183,8 +179,8 @@ __device__ __forceinline__ void mma_rows(float (&c)[4], MmaStage<BITS, GS, N, PA
     fetch(p);
     commit_async();
   }
-  const int g = lane >> 2;
-  const int t = lane & 3;
+  const int g = lane >> 2, t = lane & 3;
+  const uint32_t sel = 2 * t | (2 * t + 1) << 8;
 #pragma unroll
   for (int p = 0; p < PARTS; ++p) {
     wait_async<AHEAD - 1>();  // part p has landed; one group is committed per part
@@ -209,8 +205,8 @@ __device__ __forceinline__ void mma_rows(float (&c)[4], MmaStage<BITS, GS, N, PA
         const int o = (q - q0(p)) * GB + kk * 2 * BITS;  // the step's bytes in the part
         uint32_t v_lo, v_hi, w0_lo, w0_hi, w1_lo, w1_hi;
         v_slots(sv + 16 * kb, t, v_lo, v_hi);
-        w_slots<BITS, T>(slot + g * RS + o, t, sb0, w0_lo, w0_hi);
-        w_slots<BITS, T>(slot + (g + 8) * RS + o, t, sb1, w1_lo, w1_hi);
+        w_slots<BITS, T>(slot + g * RS, o, t, sel, sb0, w0_lo, w0_hi);
+        w_slots<BITS, T>(slot + (g + 8) * RS, o, t, sel, sb1, w1_lo, w1_hi);
         mma<T>(c, w0_lo, w1_lo, w0_hi, w1_hi, v_lo, v_hi);
       }
     }

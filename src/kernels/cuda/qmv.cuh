@@ -28,7 +28,7 @@ __device__ __forceinline__ float chunk_dot(const uint4& chunk, const float* x, T
     for (int i = 0; i < 4; ++i) {
 #pragma unroll
       for (int p = 0; p < kPerWord / 2; ++p) {
-        const T2 w2 = dequant2<T>((words[i] >> (p * BITS)) & (kMask * 0x10001u), s2, b2);
+        const T2 w2 = dequant2<T>(words[i] >> (p * BITS), kMask * 0x10001u, s2, b2);
         d = fmaf(x[i * kPerWord + p], __low2float(w2), d);
         d = fmaf(x[i * kPerWord + p + kPerWord / 2], __high2float(w2), d);
       }
