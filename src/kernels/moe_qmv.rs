@@ -93,16 +93,29 @@ pub const MAX_PAIRS: usize = 65_535;
 // Probed there and left: more parts in flight (8-row warps with all 8 parts in flight:
 // 11.3 us), the rows prefetched to L2 in bulk first (12.9 us), x permuted into the slots'
 // order while staging (10.4 us). Without the dequantisation and the mma steps the same loads
-// take 7.1 us (combine 4.8 us). Elsewhere MLX runs an fp32 qmv and the split-K kernels below
-// keep its dequantisation (dequant.cuh).
+// take 7.1 us (combine 4.8 us). The SASS then showed where the rest went: ptxas emitted the
+// dequantisation's mask-then-magic as two logic ops (one immediate per op), a sixth of a
+// step's ~28 instructions, and each warp's steps ran load -> dequantise -> mma with little
+// overlap (ncu, combine: 2 warps per scheduler, none eligible 59% of cycles). One lop3 via
+// asm (dequant.cuh's and_or) and one 16-byte load per row per two 4-bit steps, with the
+// planner's parts and parts in flight sized in bytes (MMA_PART_BYTES, MMA_FLIGHT_BYTES):
+// gate|up 10.25 -> 9.22 us (51% of the copy kernel), combine 5.88 -> 5.55 us, GLM-4.5-Air's
+// gate|up 36.2 -> 29.1 us and its combine, which now fits the tensor-core kernel in 22 parts
+// of one group, 22.3 us (split-K) -> 15.5 us (H100, one process, 5 interleaved rounds, kernel
+// times). Software-pipelining a whole group's shared-memory loads ahead of its steps on top
+// gained under 1%. Elsewhere MLX runs an fp32 qmv and the split-K kernels below keep its
+// dequantisation (dequant.cuh; and_or there too: Mixtral-8x7B's 58.5 -> 56.4 and
+// 53.6 -> 52.4 us).
 /// Static shared memory a block may use.
 const MMA_SMEM: usize = 48 * 1024;
 /// A warp's 16 rows are copied in parts of about MMA_PART_BYTES (whole groups; at most
 /// MMA_PARTS parts unless smaller parts are what fits), with up to MMA_FLIGHT_BYTES (at most
 /// MMA_AHEAD parts) in flight beside the part being reduced. Swept on an H100
-/// (moe_qmv.py --sweep): Qwen3-30B-A3B's gate|up was fastest with 1 KiB parts and 4 KiB in
-/// flight; GLM-4.5-Air's (2 KiB parts, 16 of them) 1.2x faster with 4 KiB in flight than
-/// with 8, where its blocks no longer all fit on the device at once.
+/// (moe_qmv.py --sweep, benchmarks/results/moe_qmv-sweep-h100-20261207.json, and the probes in
+/// the comment above): Qwen3-30B-A3B's gate|up was fastest with 1 KiB parts and 4 KiB in
+/// flight, its combine with 1 KiB parts and 3 KiB (which passes 48 KiB: it runs 512-byte parts,
+/// 1.5 KiB in flight, 5-7% slower); GLM-4.5-Air's gate|up (2 KiB parts, 16 of them) 1.2x faster
+/// with 4 KiB in flight than with 8, where its blocks no longer all fit on the device at once.
 const MMA_PART_BYTES: usize = 1024;
 const MMA_FLIGHT_BYTES: usize = 4096;
 const MMA_PARTS: usize = 16;

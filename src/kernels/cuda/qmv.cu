@@ -69,7 +69,7 @@
       for (int h = 0; h < 2; ++h) {
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
-          const uint32_t u = zm::and_or(words[h] >> (4 * p), 0x000F000Fu, magic_bits);
+          const uint32_t u = ((words[h] >> (4 * p)) & 0x000F000Fu) | magic_bits;
           const T2 wq = __hsub2(*reinterpret_cast<const T2*>(&u), magic);
           acc[j][4 * h + p] = __hfma2(x2[4 * h + p], __hfma2(wq, s[j], b[j]), acc[j][4 * h + p]);
         }
