@@ -154,8 +154,10 @@ def _tilings(base, n_rows: int, rows_arg: str) -> list[tuple[dict, object]]:
             if a <= p
         ]
     w0, r0 = planned["WARPS"], planned[rows_arg]
+    # The combine splits each expert's reduction over WARPS / K warps: a multiple of K.
+    step = planned["K"] if rows_arg == "RB" else 1
     tiles = {(w0, r0)}
-    tiles |= {(w, r0) for w in (max(w0 // 2, 1), w0 * 2) if w <= 32}
+    tiles |= {(w, r0) for w in (w0 // 2, w0 * 2) if w <= 32 and w >= step and w % step == 0}
     tiles |= {(w0, r) for r in (max(r0 // 2, 1), r0 * 2)}
     out = []
     for warps, r in sorted(tiles):
