@@ -177,8 +177,9 @@ def _tiling_seconds(kernel, inputs, launch) -> float:
 def sweep_tiles(up, down, xs, picks, scores, acts, d, inter, gs, bits, rounds):
     """Time per call of each tiling of both kernels (_tilings), the planner's own among them,
     in interleaved rounds: kernel time (kernel_seconds) where the profiler runs, else wall
-    time. Each tiling's outputs are compared bit for bit with the planned tiling's; one that
-    does not compile (its shared memory over 48 KiB) is listed with its error."""
+    time. Each tiling's outputs are compared bit for bit with the planned tiling's (the
+    split-K kernels' other warp counts sum in another order); one that does not build is
+    listed with its error."""
     rows = []
     for op, kernel, n_rows, rows_arg in (
         ("gather_qmv_swiglu", kernels._QMV_SWIGLU, inter, "JB"),

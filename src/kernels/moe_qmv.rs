@@ -580,9 +580,9 @@ mod tests {
         .unwrap();
         assert_eq!(l.kernel.name, "zmlx_moe_qmv_combine_mma");
         assert_eq!(l.output_shapes, vec![vec![1, 1, 2048]]);
-        // 16 outputs per block, one warp per expert: 128 blocks. 12 groups a row in 12 parts;
-        // 4 in flight would take 8 x 4.5 KiB beside 12.5 KiB of activations and products,
-        // over 48 KiB: 3.
+        // 16 outputs per block, one warp per expert: 128 blocks. Beside 12.5 KiB of
+        // activations and products, 1 KiB parts (6 of 2 groups) fit only 1 in flight; 12
+        // parts of 512 B fit 3 (8 x 3.75 KiB): 1.5 KiB in flight, the most that fits.
         assert_eq!(l.grid, [128 * 256, 1, 1]);
         assert_eq!(l.threadgroup, [256, 1, 1]);
         assert_eq!(template(&l, "PARTS"), TemplateArg::Int(12));
