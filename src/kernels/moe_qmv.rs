@@ -102,7 +102,7 @@ pub const MAX_PAIRS: usize = 65_535;
 // gate|up 10.25 -> 9.22 us (51% of the copy kernel), combine 5.88 -> 5.55 us, GLM-4.5-Air's
 // gate|up 36.2 -> 29.1 us and its combine, which now fits the tensor-core kernel in 22 parts
 // of one group, 22.3 us (split-K) -> 15.5 us (H100, one process, 5 interleaved rounds, kernel
-// times). Software-pipelining a whole group's shared-memory loads ahead of its steps on top
+// times; benchmarks/results/moe_qmv-ab-h100-20261207b.json). Software-pipelining a whole group's shared-memory loads ahead of its steps on top
 // gained under 1%. Elsewhere MLX runs an fp32 qmv and the split-K kernels below keep its
 // dequantisation (dequant.cuh; and_or there too: Mixtral-8x7B's 58.5 -> 56.4 and
 // 53.6 -> 52.4 us).
