@@ -295,9 +295,13 @@ QMV_CASES = [
     # The tiny qwen3_moe of the decode-graph cuda test: a 6-token prompt, 12 pairs.
     (6, 256, 64, 8, 2, 4, 64, mx.float16),
     # Tensor-core rings: 24 groups in 16 parts of 1 or 2 (gate|up), and Qwen3-30B-A3B's
-    # combine rows (12 parts, 3 in flight: the staging limits it), slots reused.
+    # combine rows (6 parts, 2 in flight: the staging limits it), slots reused; the combine's
+    # activations ride in its ring: GLM-4.5-Air's rows at 8 bits (22 parts, 2 in flight) and
+    # at group 32 (11 parts of 4 groups, 1 in flight).
     (1, 1536, 128, 8, 8, 4, 64, mx.float16),
     (1, 256, 768, 8, 8, 4, 64, mx.float16),
+    (1, 128, 1408, 8, 8, 8, 64, mx.float16),
+    (1, 128, 1408, 8, 8, 4, 32, mx.float16),
 ]
 
 

@@ -113,29 +113,44 @@ const MMA_SMEM: usize = 48 * 1024;
 /// MMA_AHEAD parts) in flight beside the part being reduced. Swept on an H100
 /// (moe_qmv.py --sweep, benchmarks/results/moe_qmv-sweep-h100-20261207.json, and the probes in
 /// the comment above): Qwen3-30B-A3B's gate|up was fastest with 1 KiB parts and 4 KiB in
-/// flight, its combine with 1 KiB parts and 3 KiB (which passes 48 KiB: it runs 512-byte parts,
-/// 1.5 KiB in flight, 5-7% slower); GLM-4.5-Air's gate|up (2 KiB parts, 16 of them) 1.2x faster
-/// with 4 KiB in flight than with 8, where its blocks no longer all fit on the device at once.
+/// flight, its combine with 1 KiB parts and 3 KiB (which passed 48 KiB while each warp's
+/// activations were staged whole; with them in the ring it runs 1 KiB parts, 2 KiB in flight,
+/// 1.04x faster than the 512-byte parts, 1.5 KiB in flight, that fitted before:
+/// moe_qmv-ab-h100-20261207c.json); GLM-4.5-Air's gate|up (2 KiB parts, 16 of them) 1.2x
+/// faster with 4 KiB in flight than with 8, where its blocks no longer all fit on the device
+/// at once.
 const MMA_PART_BYTES: usize = 1024;
 const MMA_FLIGHT_BYTES: usize = 4096;
 const MMA_PARTS: usize = 16;
 const MMA_AHEAD: usize = 4;
 
 /// Shared memory one warp of an _mma kernel stages (zm::MmaStage): a ring of parts of 16
-/// weight rows over `n_in` inputs, each row padded by 16 bytes, and the rows' scales and
-/// biases (two bytes each).
-fn mma_stage_bytes(q: Quant, n_in: usize, parts: usize, ahead: usize) -> usize {
+/// weight rows over `n_in` inputs, each row padded by 16 bytes, with the part's values of the
+/// vector (two bytes each) if `ring_v`, and the rows' scales and biases (two bytes each).
+fn mma_stage_bytes(q: Quant, n_in: usize, parts: usize, ahead: usize, ring_v: bool) -> usize {
     let groups = n_in / q.group_size;
+    let per_part = groups.div_ceil(parts);
     let group_bytes = q.group_size * q.bits / 8;
+    let v_bytes = if ring_v {
+        per_part * q.group_size * 2
+    } else {
+        0
+    };
     let slots = (ahead + 1).min(parts);
-    slots * 16 * (groups.div_ceil(parts) * group_bytes + 16) + 2 * 16 * groups * 2
+    slots * (16 * (per_part * group_bytes + 16) + v_bytes) + 2 * 16 * groups * 2
 }
 
-/// The ring of an _mma kernel whose blocks have `warps` warps beside `fixed` bytes of other
-/// shared memory: (parts, parts in flight), the most bytes in flight (up to MMA_FLIGHT_BYTES)
-/// that fit with parts of about MMA_PART_BYTES or smaller, the larger parts on a tie; None if
-/// nothing fits.
-fn mma_ring(q: Quant, n_in: usize, warps: usize, fixed: usize) -> Option<(usize, usize)> {
+/// The ring of an _mma kernel whose blocks have `warps` warps (each staging its own vector in
+/// its ring if `ring_v`) beside `fixed` bytes of other shared memory: (parts, parts in
+/// flight), the most bytes in flight (up to MMA_FLIGHT_BYTES) that fit with parts of about
+/// MMA_PART_BYTES or smaller, the larger parts on a tie; None if nothing fits.
+fn mma_ring(
+    q: Quant,
+    n_in: usize,
+    warps: usize,
+    ring_v: bool,
+    fixed: usize,
+) -> Option<(usize, usize)> {
     let groups = n_in / q.group_size;
     let group_bytes = 16 * q.group_size * q.bits / 8; // of the warp's 16 rows
     let first = (groups * group_bytes)
@@ -147,7 +162,7 @@ fn mma_ring(q: Quant, n_in: usize, warps: usize, fixed: usize) -> Option<(usize,
         let most = (MMA_FLIGHT_BYTES / part).clamp(1, MMA_AHEAD.min(parts));
         let fits = (1..=most)
             .rev()
-            .find(|&a| warps * mma_stage_bytes(q, n_in, parts, a) + fixed <= MMA_SMEM);
+            .find(|&a| warps * mma_stage_bytes(q, n_in, parts, a, ring_v) + fixed <= MMA_SMEM);
         if let Some(a) = fits {
             let flight = (a * part).min(MMA_FLIGHT_BYTES);
             if best.is_none_or(|(f, _, _)| flight > f) {
@@ -384,7 +399,7 @@ pub fn plan_swiglu(
         ("E", TemplateArg::Int(n_experts as i32)),
     ];
     // A gate warp and an up warp beside x (two bytes a value) and their 2 x 16 results.
-    let ring = mma_ring(q, d, 2, 2 * d + 2 * 16 * 4);
+    let ring = mma_ring(q, d, 2, false, 2 * d + 2 * 16 * 4);
     if let Some((parts, ahead)) =
         ring.filter(|_| mlx_uses_mma(x_dtype, &experts, q, pairs, (inter, d)))
     {
@@ -498,8 +513,9 @@ pub fn plan_combine(
         ("E", TemplateArg::Int(n_experts as i32)),
     ];
     let scores_dtype = ("SC", TemplateArg::DType(s_dtype));
-    // k warps beside their experts' activations and their k x 16 products.
-    let ring = mma_ring(q, inter, k, k * (2 * inter + 16 * 4));
+    // k warps, each staging its expert's activations in its ring, beside their k x 16
+    // products.
+    let ring = mma_ring(q, inter, k, true, k * 16 * 4);
     if let Some((parts, ahead)) =
         ring.filter(|_| mlx_uses_mma(a_dtype, &experts, q, tokens * k, (d, inter)))
     {
@@ -580,13 +596,13 @@ mod tests {
         .unwrap();
         assert_eq!(l.kernel.name, "zmlx_moe_qmv_combine_mma");
         assert_eq!(l.output_shapes, vec![vec![1, 1, 2048]]);
-        // 16 outputs per block, one warp per expert: 128 blocks. Beside 12.5 KiB of
-        // activations and products, 1 KiB parts (6 of 2 groups) fit only 1 in flight; 12
-        // parts of 512 B fit 3 (8 x 3.75 KiB): 1.5 KiB in flight, the most that fits.
+        // 16 outputs per block, one warp per expert: 128 blocks. Each warp's activations ride
+        // in its ring: 1 KiB parts (6 of 2 groups) fit 2 in flight (8 x 5.25 KiB), as many
+        // bytes as 12 parts of 512 B with 4 in flight; the larger parts win the tie.
         assert_eq!(l.grid, [128 * 256, 1, 1]);
         assert_eq!(l.threadgroup, [256, 1, 1]);
-        assert_eq!(template(&l, "PARTS"), TemplateArg::Int(12));
-        assert_eq!(template(&l, "AHEAD"), TemplateArg::Int(3));
+        assert_eq!(template(&l, "PARTS"), TemplateArg::Int(6));
+        assert_eq!(template(&l, "AHEAD"), TemplateArg::Int(2));
         // Fewer than 8 pairs, fp32, or scales in another dtype: MLX's qmv, our split-K kernels.
         for (idx, x_dt, e) in [
             (&[1, 1, 4][..], DType::BF16, gate_up()),
@@ -659,7 +675,7 @@ mod tests {
         // Where 1 KiB parts do not fit, smaller ones: gate|up at D = 8192 in 32 parts of
         // 2 KiB, 2 in flight (64 parts of 1 KiB, 4 in flight, move as much); GLM-4.5-Air
         // (D = 4096, I = 1408, k = 8): gate|up in 16 parts of 2 KiB (at most 16), 2 in flight;
-        // its combine, 8 warps beside 22 KiB of activations, one group per part, one in
+        // its combine, 8 warps each with its activations in its ring, 11 parts of 1 KiB, 2 in
         // flight.
         assert_eq!(
             picked(8, 8192, 1024, 16)[0],
@@ -669,7 +685,7 @@ mod tests {
             picked(8, 4096, 1408, 128),
             [
                 ("zmlx_moe_qmv_swiglu_mma", Some((16, 2))),
-                ("zmlx_moe_qmv_combine_mma", Some((22, 1)))
+                ("zmlx_moe_qmv_combine_mma", Some((11, 2)))
             ]
         );
     }

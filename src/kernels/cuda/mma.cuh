@@ -108,16 +108,18 @@ __device__ __forceinline__ void w_slots(const unsigned char* row, int o, int t, 
 
 // What one warp stages in shared memory for mma_rows: a ring of NS slots, each holding one
 // part of 16 weight rows (whole groups along the reduction, RS bytes a row: the largest
-// part's bytes padded by 16 so that the 8 rows a load reads fall on different banks), and
-// all of the rows' scales and biases (raw bits, the 16 rows back to back as in global
-// memory). PARTS parts, AHEAD of them in flight beside the one being reduced.
-template <int BITS, int GS, int N, int PARTS, int AHEAD>
+// part's bytes padded by 16 so that the 8 rows a load reads fall on different banks), with
+// the same part of v where RING_V (VB bytes), and all of the rows' scales and biases (raw
+// bits, the 16 rows back to back as in global memory). PARTS parts, AHEAD of them in flight
+// beside the one being reduced.
+template <int BITS, int GS, int N, int PARTS, int AHEAD, bool RING_V>
 struct MmaStage {
   static constexpr int G = N / GS;
   static constexpr int GB = GS * BITS / 8;  // bytes of one row per group: a multiple of 16
   static constexpr int RS = (G + PARTS - 1) / PARTS * GB + 16;
+  static constexpr int VB = RING_V ? (G + PARTS - 1) / PARTS * GS * 2 : 0;
   static constexpr int NS = AHEAD + 1 < PARTS ? AHEAD + 1 : PARTS;
-  unsigned char w[NS][16 * RS];
+  unsigned char w[NS][16 * RS + VB];
   uint16_t s[16 * G];
   uint16_t b[16 * G];
 };
@@ -132,10 +134,10 @@ __device__ __forceinline__ void stage_v(uint16_t* sv, const T* v, int thread, in
 }
 
 // The dot products of 16 consecutive weight rows (rows row0.. of w_all, N * BITS / 8 bytes
-// each; their 16 * G scales and biases in s_all and b_all; all 16-byte aligned) with v (sv:
-// N values of T in shared memory, its copy issued by stage_v before: by the whole block if
-// BLOCK_V, then every warp of the block calls this, else by this warp), MLX's way, by one
-// warp. The rows are copied to
+// each; their 16 * G scales and biases in s_all and b_all; all 16-byte aligned) with v (N
+// values of T: if BLOCK_V, in shared memory, its copy issued by stage_v before by the whole
+// block, then every warp of the block calls this; else in global memory, and this warp copies
+// it part by part with the rows), MLX's way, by one warp. The rows are copied to
 // shared memory asynchronously in PARTS parts of whole groups along the reduction, AHEAD in
 // flight: a part's steps run once it has landed, while the next ones load, and its slot of
 // the ring takes the part AHEAD + 1 further on. Keeping only a few parts in flight makes
@@ -148,11 +150,12 @@ __device__ __forceinline__ void stage_v(uint16_t* sv, const T* v, int thread, in
 // (16 copies of one vector) and 8 weight rows in B, twice the mma steps and warps for the
 // same rows (moe_qmv.rs has the timings).
 template <int BITS, int GS, int N, int PARTS, int AHEAD, bool BLOCK_V, typename T, typename S>
-__device__ __forceinline__ void mma_rows(float (&c)[4], MmaStage<BITS, GS, N, PARTS, AHEAD>& st,
-                                         const uint16_t* sv, const uint32_t* w_all,
+__device__ __forceinline__ void mma_rows(float (&c)[4],
+                                         MmaStage<BITS, GS, N, PARTS, AHEAD, !BLOCK_V>& st,
+                                         const uint16_t* v, const uint32_t* w_all,
                                          const S* s_all, const S* b_all, long long row0,
                                          int lane) {
-  using St = MmaStage<BITS, GS, N, PARTS, AHEAD>;
+  using St = MmaStage<BITS, GS, N, PARTS, AHEAD, !BLOCK_V>;
   constexpr int RB = N * BITS / 8;
   constexpr int G = St::G, GB = St::GB, RS = St::RS;
   constexpr int STEPS = GS / 16;  // mma steps per group
@@ -166,6 +169,11 @@ __device__ __forceinline__ void mma_rows(float (&c)[4], MmaStage<BITS, GS, N, PA
       const int r = i / n;
       const int o = (i % n) * 16;
       copy_async16(st.w[p % St::NS] + r * RS + o, w + r * RB + q0(p) * GB + o);
+    }
+    if (!BLOCK_V) {  // the part's values of v after the rows
+      for (int i = lane; i < (q0(p + 1) - q0(p)) * GS / 8; i += 32) {
+        copy_async16(st.w[p % St::NS] + 16 * RS + 16 * i, v + q0(p) * GS + 8 * i);
+      }
     }
   };
   for (int i = lane; i < 2 * G; i += 32) {
@@ -195,16 +203,18 @@ __device__ __forceinline__ void mma_rows(float (&c)[4], MmaStage<BITS, GS, N, PA
     }
     commit_async();
     const unsigned char* slot = st.w[p % St::NS];
+    // v from the part's first value on
+    const uint16_t* pv =
+        BLOCK_V ? v + q0(p) * GS : reinterpret_cast<const uint16_t*>(slot + 16 * RS);
 #pragma unroll 2
     for (int q = q0(p); q < q0(p + 1); ++q) {
       auto sb = [&](int r) { return st.s[r * G + q] | uint32_t{st.b[r * G + q]} << 16; };
       const uint32_t sb0 = sb(g), sb1 = sb(g + 8);
 #pragma unroll
       for (int kk = 0; kk < STEPS; ++kk) {
-        const int kb = q * STEPS + kk;
         const int o = (q - q0(p)) * GB + kk * 2 * BITS;  // the step's bytes in the part
         uint32_t v_lo, v_hi, w0_lo, w0_hi, w1_lo, w1_hi;
-        v_slots(sv + 16 * kb, t, v_lo, v_hi);
+        v_slots(pv + (q - q0(p)) * GS + 16 * kk, t, v_lo, v_hi);
         w_slots<BITS, T>(slot + g * RS, o, t, sel, sb0, w0_lo, w0_hi);
         w_slots<BITS, T>(slot + (g + 8) * RS, o, t, sel, sb1, w1_lo, w1_hi);
         mma<T>(c, w0_lo, w1_lo, w0_hi, w1_hi, v_lo, v_hi);

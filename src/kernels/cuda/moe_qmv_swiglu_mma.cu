@@ -2,7 +2,7 @@
   // unfused path where MLX's gather_qmm runs qmm_sm80 (mma.cuh): a block owns outputs
   // j0..j0+15 of one (token, k) pair (blockIdx.y); warp 0 the 16 gate rows, warp 1 the 16 up
   // rows of expert indices[pair], staged beside x (zm::mma_rows).
-  __shared__ __align__(16) zm::MmaStage<BITS, GS, D, PARTS, AHEAD> st[2];
+  __shared__ __align__(16) zm::MmaStage<BITS, GS, D, PARTS, AHEAD, false> st[2];
   __shared__ __align__(16) uint16_t xs[D];
   __shared__ float res[2][16];
   const int warp = threadIdx.x >> 5;
