@@ -102,8 +102,8 @@ pub const MAX_PAIRS: usize = 65_535;
 // gate|up 10.25 -> 9.22 us (51% of the copy kernel), combine 5.88 -> 5.55 us, GLM-4.5-Air's
 // gate|up 36.2 -> 29.1 us and its combine, which now fits the tensor-core kernel in 22 parts
 // of one group, 22.3 us (split-K) -> 15.5 us (H100, one process, 5 interleaved rounds, kernel
-// times; benchmarks/results/moe_qmv-ab-h100-20261207b.json). Software-pipelining a whole group's shared-memory loads ahead of its steps on top
-// gained under 1%. Elsewhere MLX runs an fp32 qmv and the split-K kernels below keep its
+// times; benchmarks/results/moe_qmv-ab-h100-20261207b.json). Software-pipelining a whole
+// group's shared-memory loads ahead of its steps on top gained under 1%. Elsewhere MLX runs an fp32 qmv and the split-K kernels below keep its
 // dequantisation (dequant.cuh; and_or there too: Mixtral-8x7B's 58.5 -> 56.4 and
 // 53.6 -> 52.4 us).
 /// Static shared memory a block may use.
@@ -561,7 +561,16 @@ mod tests {
     }
 
     fn template(l: &Launch, name: &str) -> TemplateArg {
-        template_of(l, name).unwrap()
+        l.template.iter().find(|(n, _)| *n == name).unwrap().1
+    }
+
+    /// An _mma launch's ring (parts, parts in flight); None for the split-K kernels.
+    fn ring(l: &Launch) -> Option<(i32, i32)> {
+        let int = |name| match l.template.iter().find(|(n, _)| *n == name)?.1 {
+            TemplateArg::Int(v) => Some(v),
+            _ => None,
+        };
+        Some((int("PARTS")?, int("AHEAD")?))
     }
 
     #[test]
@@ -583,8 +592,7 @@ mod tests {
         // parts, 4 in flight (2 x 8.25 KiB of ring and scales, 4 KiB of x).
         assert_eq!(l.grid, [48 * 64, 8, 1]);
         assert_eq!(l.threadgroup, [64, 1, 1]);
-        assert_eq!(template(&l, "PARTS"), TemplateArg::Int(16));
-        assert_eq!(template(&l, "AHEAD"), TemplateArg::Int(4));
+        assert_eq!(ring(&l), Some((16, 4)));
         let l = plan_combine(
             (&[1, 1, 8, 768], DType::BF16),
             (&[1, 1, 8], DType::U32),
@@ -601,8 +609,7 @@ mod tests {
         // bytes as 12 parts of 512 B with 4 in flight; the larger parts win the tie.
         assert_eq!(l.grid, [128 * 256, 1, 1]);
         assert_eq!(l.threadgroup, [256, 1, 1]);
-        assert_eq!(template(&l, "PARTS"), TemplateArg::Int(6));
-        assert_eq!(template(&l, "AHEAD"), TemplateArg::Int(2));
+        assert_eq!(ring(&l), Some((6, 2)));
         // Fewer than 8 pairs, fp32, or scales in another dtype: MLX's qmv, our split-K kernels.
         for (idx, x_dt, e) in [
             (&[1, 1, 4][..], DType::BF16, gate_up()),
@@ -652,17 +659,7 @@ mod tests {
             64,
         )
         .unwrap();
-        [up, down].map(|l| {
-            let ring = match (template_of(&l, "PARTS"), template_of(&l, "AHEAD")) {
-                (Some(TemplateArg::Int(p)), Some(TemplateArg::Int(a))) => Some((p, a)),
-                _ => None,
-            };
-            (l.kernel.name, ring)
-        })
-    }
-
-    fn template_of(l: &Launch, name: &str) -> Option<TemplateArg> {
-        l.template.iter().find(|(n, _)| *n == name).map(|x| x.1)
+        [up, down].map(|l| (l.kernel.name, ring(&l)))
     }
 
     #[test]
