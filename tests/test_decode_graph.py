@@ -5,6 +5,7 @@ so the wiring runs on any backend (the kernels fall back to the reference ops)."
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from types import SimpleNamespace
 
@@ -146,9 +147,11 @@ def test_training_mode_runs_op_by_op(cuda_paths):
     assert not any("_decode_graph" in m.__dict__ for _, m in model.named_modules())
 
 
-def test_graphs_are_off_by_default_and_the_switch_checks_its_argument(cuda_paths):
+def test_graphs_are_off_by_default_for_a_dense_model_and_the_switch_checks_its_argument(
+    cuda_paths,
+):
     use_decode_graphs(False)
-    model = tiny.build("qwen3_moe", bits=4, group_size=32)
+    model = tiny.build("llama", bits=4, group_size=32)
     zmlx_rs.patch(model)
     model(mx.array([[9]]))
     assert not any("_decode_graph" in m.__dict__ for _, m in model.named_modules())
@@ -164,7 +167,7 @@ def test_patch_turns_graphs_on_per_model_and_plans_carry_it(cuda_paths):
     want = model(token)
     report = zmlx_rs.patch(model, decode_graphs=True)
     assert report.decode_graphs and "decode graphs on" in str(report)
-    assert not zmlx_rs.patch(other).decode_graphs
+    assert not zmlx_rs.patch(other, decode_graphs=False).decode_graphs
     assert mx.allclose(model(token), want, rtol=1e-4, atol=1e-4).item()
     other(token)
     assert graphs_built(model) and not graphs_built(other)
@@ -183,6 +186,35 @@ def test_patch_turns_graphs_on_per_model_and_plans_carry_it(cuda_paths):
         zmlx_rs.patch(model, decode_graphs=1)
     with pytest.raises(ZmlxError, match="'decode_graphs' must be a bool, got 'yes'"):
         zmlx_rs.patch(model, plan={**plan, "decode_graphs": "yes"})
+
+
+@pytest.mark.parametrize(
+    ("family", "cuda", "want"),
+    [
+        ("qwen3_moe", True, True),
+        ("mixtral", True, True),
+        ("qwen3_moe", False, False),
+        ("llama", True, False),
+    ],
+)
+def test_patch_turns_graphs_on_by_default_where_moe_decode_runs_on_cuda(
+    family, cuda, want, monkeypatch
+):
+    # MoE decode steps are host-bound: patch replays them as graphs unless told otherwise.
+    monkeypatch.setattr(
+        sys.modules["zmlx_rs.patch"], "_backend", SimpleNamespace(on_cuda=lambda: cuda)
+    )
+    use_decode_graphs(False)
+    model = tiny.build(family, bits=4, group_size=32)
+    report = zmlx_rs.patch(model)
+    assert report.decode_graphs is want and bool(report.paths("moe_decode")) is (family != "llama")
+    assert all(m.decode_graphs is want for _, m in model.named_modules() if isinstance(m, Fused))
+    assert zmlx_rs.patch(model, decode_graphs=not want).decode_graphs is not want
+    zmlx_rs.unpatch(model)
+    assert not zmlx_rs.patch(model, exclude=["moe_decode"]).decode_graphs
+    zmlx_rs.unpatch(model)
+    plan = {**report.to_dict(), "decode_graphs": False}
+    assert not zmlx_rs.patch(model, plan=plan).decode_graphs  # a plan keeps its setting
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "llama", "qwen3"])
@@ -226,7 +258,7 @@ def test_cuda_graphs_replay_the_op_by_op_logits_bitwise(family):
     use_decode_graphs(False)
     unpatched = [logits_of(model) for _ in range(2)]
     assert same(*unpatched) is None, f"unpatched passes differ: {same(*unpatched)}"
-    zmlx_rs.patch(model)
+    zmlx_rs.patch(model, decode_graphs=False)  # on by default for MoE: the switch decides
 
     def logits(on: bool) -> list[mx.array]:
         use_decode_graphs(on)

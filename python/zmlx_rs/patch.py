@@ -43,7 +43,8 @@ def patch(
     - `decode_graphs`: whether the model's fused modules replay their decode forwards as one
       compiled call each on MLX-CUDA (`patterns.DecodeGraph`: the same numbers, less host
       time per token, a gain where the host bounds decode); default: the plan's setting,
-      else off. It applies to every fused module of the model, already patched ones too.
+      else on for a model with a `moe_decode` block on MLX-CUDA (a host-bound step), off for
+      others. It applies to every fused module of the model, already patched ones too.
     - `verbose`: print the report.
 
     Patch after loading, quantizing and sharding (`model.shard()`), before LoRA conversion.
@@ -63,7 +64,7 @@ def patch(
         if decode_graphs is None:
             decode_graphs = plan.decode_graphs
 
-    report = PatchReport(model_type=_model_type(model), decode_graphs=bool(decode_graphs))
+    report = PatchReport(model_type=_model_type(model))
     # A module reachable by two paths (shared between layers) is fused once.
     fused_by_id: dict[int, tuple[str, Fused]] = {}
     for path, module in model.named_modules():
@@ -99,6 +100,13 @@ def patch(
                 report.patched.append(Patched(path, pattern.name, fused.note))
     for pattern in chosen:
         pattern.finish(model)
+    if decode_graphs is None:
+        # A MoE decode step is bound by the host's cost per node even patched, and graphs cut
+        # that cost: H100, Qwen3-30B-A3B 1.086x [1.068, 1.130], Mixtral-8x7B 0.990x [0.975,
+        # 1.061] (decode_graphs-20261207-125645/125836.json). A dense step can be GPU-bound,
+        # where they lost (Mistral-7B 0.940x): there smart_patch measures them.
+        decode_graphs = _backend.on_cuda() and bool(report.paths("moe_decode"))
+    report.decode_graphs = decode_graphs
     for _, module in model.named_modules():
         if isinstance(module, Fused):
             object.__setattr__(module, "decode_graphs", report.decode_graphs)

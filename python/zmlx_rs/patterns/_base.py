@@ -84,7 +84,8 @@ class Fused(nn.Module):
 
     pattern: str = ""
     # Whether this module replays its decode forward as one compiled call (DecodeGraph)
-    # where it can: `patch(model, decode_graphs=True)` sets it on a model's fused modules.
+    # where it can: `patch` sets it on a model's fused modules (asked, or by default for a
+    # model with a moe_decode block on MLX-CUDA).
     decode_graphs: bool = False
 
     def __init__(self, original: nn.Module) -> None:
@@ -182,9 +183,9 @@ class DecodeGraph:
         return self._fn(*xs, *[m[k] for m, k in self._slots])
 
 
-# Off by default: bit for bit on the GPU, but a gain only where the host bounds decode
-# (measured both ways on an H100); per model `patch(..., decode_graphs=True)` or smart_patch's
-# measurement turns them on, process-wide `use_decode_graphs(True)`.
+# Off process-wide: bit for bit on the GPU, but a gain only where the host bounds decode
+# (measured both ways on an H100). Per model, `patch` turns them on for MoE decode (and when
+# asked), smart_patch where its measurement says so; `use_decode_graphs(True)` for every model.
 _DECODE_GRAPHS = [False]
 
 
