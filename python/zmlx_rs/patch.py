@@ -100,16 +100,14 @@ def patch(
                 report.patched.append(Patched(path, pattern.name, fused.note))
     for pattern in chosen:
         pattern.finish(model)
+    fused_modules = [m for _, m in model.named_modules() if isinstance(m, Fused)]
     if decode_graphs is None:
-        # A MoE decode step is bound by the host's cost per node even patched, and graphs cut
-        # that cost: H100, Qwen3-30B-A3B 1.086x [1.068, 1.130], Mixtral-8x7B 0.990x [0.975,
-        # 1.061] (decode_graphs-20261207-125645/125836.json). A dense step can be GPU-bound,
-        # where they lost (Mistral-7B 0.940x): there smart_patch measures them.
-        decode_graphs = _backend.on_cuda() and bool(report.paths("moe_decode"))
+        decode_graphs = _backend.on_cuda() and any(
+            _maker(m).graphs_by_default for m in fused_modules
+        )
     report.decode_graphs = decode_graphs
-    for _, module in model.named_modules():
-        if isinstance(module, Fused):
-            object.__setattr__(module, "decode_graphs", report.decode_graphs)
+    for module in fused_modules:
+        object.__setattr__(module, "decode_graphs", decode_graphs)
     # A module another pattern took is not "skipped" by the ones that did not fit it.
     taken = {p.path for p in report.patched}
     report.skipped = [s for s in report.skipped if s.path not in taken]
@@ -121,6 +119,11 @@ def patch(
     if verbose:
         print(report)
     return report
+
+
+def _maker(module: Fused) -> Pattern:
+    """The pattern that made a fused module."""
+    return module.__dict__.get("made_by") or registry.get(module.pattern)
 
 
 def unpatch(model: nn.Module) -> list[str]:
@@ -141,8 +144,7 @@ def unpatch(model: nn.Module) -> list[str]:
         originals: dict[int, nn.Module] = {}  # a module shared by several paths reverts once
         for path, module in found:
             if id(module) not in originals:
-                maker = module.__dict__.get("made_by") or registry.get(module.pattern)
-                originals[id(module)] = maker.revert(module)
+                originals[id(module)] = _maker(module).revert(module)
             _set_module(model, path, originals[id(module)])
             if path not in restored:
                 restored.append(path)

@@ -56,6 +56,9 @@ class Pattern:
     description: str = ""
     # Whether `patch()` without `patterns` tries it (smart_patch always measures it).
     by_default: bool = True
+    # Whether `patch()` turns decode graphs on for a model it fused (unless told otherwise):
+    # for patterns whose patched decode step stays bound by the host's cost per node.
+    graphs_by_default: bool = False
 
     def matches(self, module: nn.Module, path: str) -> str | None:
         """`OK` if `apply` can patch `module`, a reason if it is a candidate that cannot be

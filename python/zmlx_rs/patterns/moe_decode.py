@@ -144,6 +144,11 @@ class MoEDecode(MoEBlock):
     """`moe_block` with `FusedMoEDecodeBlock`, under its own name."""
 
     name = "moe_decode"
+    # A MoE decode step is bound by the host's cost per node even patched, and graphs cut
+    # that cost: H100, Qwen3-30B-A3B 1.086x [1.068, 1.130], Mixtral-8x7B 0.990x [0.975,
+    # 1.061] (decode_graphs-20261207-125645/125836.json). A dense step can be GPU-bound,
+    # where they lost (Mistral-7B 0.940x): there smart_patch measures them.
+    graphs_by_default = True
     description = (
         "MoE block: moe_block + decode-size quantised experts in 2 kernels "
         "(gather_qmv_swiglu, gather_qmv_combine)"
