@@ -103,9 +103,9 @@ pub const MAX_PAIRS: usize = 65_535;
 // gate|up 36.2 -> 29.1 us and its combine, which now fits the tensor-core kernel in 22 parts
 // of one group, 22.3 us (split-K) -> 15.5 us (H100, one process, 5 interleaved rounds, kernel
 // times; benchmarks/results/moe_qmv-ab-h100-20261207b.json). Software-pipelining a whole
-// group's shared-memory loads ahead of its steps on top gained under 1%. Elsewhere MLX runs an fp32 qmv and the split-K kernels below keep its
-// dequantisation (dequant.cuh; and_or there too: Mixtral-8x7B's 58.5 -> 56.4 and
-// 53.6 -> 52.4 us).
+// group's shared-memory loads ahead of its steps on top gained under 1%. Elsewhere MLX runs
+// an fp32 qmv and the split-K kernels below keep its dequantisation (dequant.cuh; and_or
+// there too: Mixtral-8x7B's 58.5 -> 56.4 and 53.6 -> 52.4 us).
 /// Static shared memory a block may use.
 const MMA_SMEM: usize = 48 * 1024;
 /// A warp's 16 rows are copied in parts of about MMA_PART_BYTES (whole groups; at most
@@ -560,17 +560,20 @@ mod tests {
         }
     }
 
+    fn template_of(l: &Launch, name: &str) -> Option<TemplateArg> {
+        l.template.iter().find(|(n, _)| *n == name).map(|x| x.1)
+    }
+
     fn template(l: &Launch, name: &str) -> TemplateArg {
-        l.template.iter().find(|(n, _)| *n == name).unwrap().1
+        template_of(l, name).unwrap()
     }
 
     /// An _mma launch's ring (parts, parts in flight); None for the split-K kernels.
     fn ring(l: &Launch) -> Option<(i32, i32)> {
-        let int = |name| match l.template.iter().find(|(n, _)| *n == name)?.1 {
-            TemplateArg::Int(v) => Some(v),
+        match (template_of(l, "PARTS")?, template_of(l, "AHEAD")?) {
+            (TemplateArg::Int(p), TemplateArg::Int(a)) => Some((p, a)),
             _ => None,
-        };
-        Some((int("PARTS")?, int("AHEAD")?))
+        }
     }
 
     #[test]
