@@ -99,14 +99,19 @@ def interleaved(
     return out
 
 
-def _copy_variants(nbytes: int) -> tuple[int, dict[str, Callable[[], mx.array]]]:
+def _copy_variants(
+    nbytes: int, sources: int = 1
+) -> tuple[int, dict[str, Callable[[int], mx.array]]]:
     """Ways to copy an fp32 array of `nbytes` (rounded down to 16): MLX's streaming unary
     kernel (`-x`) and, on CUDA, a 16-byte vectorised copy kernel; with the bytes one copy
-    reads and writes."""
+    reads and writes. Call i copies source i % `sources` (distinct arrays, so that copies of a
+    size that fits in L2 read DRAM)."""
     n = nbytes // 16 * 4
-    x = mx.random.normal((n,))
-    mx.eval(x)
-    variants: dict[str, Callable[[], mx.array]] = {"negative": lambda: mx.negative(x)}
+    xs = [mx.random.normal((n,)) for _ in range(sources)]
+    mx.eval(xs)
+    variants: dict[str, Callable[[int], mx.array]] = {
+        "negative": lambda i: mx.negative(xs[i % sources])
+    }
     if mx.cuda.is_available():
         kernel = mx.fast.cuda_kernel(
             name="bench_copy",
@@ -120,14 +125,14 @@ def _copy_variants(nbytes: int) -> tuple[int, dict[str, Callable[[], mx.array]]]
             """,
             header=f"constexpr long long n4 = {n // 4};",
         )
-        variants["copy kernel"] = lambda: kernel(
-            inputs=[x],
+        variants["copy kernel"] = lambda i: kernel(
+            inputs=[xs[i % sources]],
             grid=(n // 4, 1, 1),
             threadgroup=(256, 1, 1),
-            output_shapes=[x.shape],
-            output_dtypes=[x.dtype],
+            output_shapes=[(n,)],
+            output_dtypes=[mx.float32],
         )[0]
-    return 2 * x.nbytes, variants
+    return 2 * xs[0].nbytes, variants
 
 
 def copy_bandwidth(nbytes: int, rounds: int) -> float:
@@ -138,11 +143,11 @@ def copy_bandwidth(nbytes: int, rounds: int) -> float:
     moved, variants = _copy_variants(nbytes)
     best = 0.0
     for make in variants.values():
-        mx.eval(make())
+        mx.eval(make(0))
         times = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            mx.eval(make())
+            mx.eval(make(0))
             times.append(time.perf_counter() - t0)
         best = max(best, moved / statistics.median(times))
     return best
@@ -152,15 +157,16 @@ def kernel_seconds(call: Callable[[int], object], n: int) -> float | None:
     """GPU time per call, from the CUDA profiler's kernel records (CUPTI, through
     torch.profiler): the kernels of calls 0..n-1, each call evaluated on its own so that no
     two kernels overlap (in one graph MLX runs independent calls concurrently), summed and
-    divided by n. Launch gaps and host cost are not in it, as in a profiler's kernel column.
-    None without CUDA or without torch installed."""
+    divided by n, after a warm-up on call n - 1 (call 0 then reads what the warm-up did not,
+    when calls read different data). Launch gaps and host cost are not in it, as in a
+    profiler's kernel column. None without CUDA or without torch installed."""
     if not mx.cuda.is_available():
         return None
     try:
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
         return None
-    mx.eval(call(0))
+    mx.eval(call(n - 1))
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for i in range(n):
             mx.eval(call(i))
@@ -173,13 +179,14 @@ def kernel_seconds(call: Callable[[int], object], n: int) -> float | None:
 
 
 def copy_kernel_bandwidth(nbytes: int, n: int = 8) -> float | None:
-    """copy_bandwidth's 16-byte copy kernel over `nbytes`, timed by kernel_seconds: the
-    reference for kernel_seconds-based bandwidths. None where kernel_seconds is."""
-    moved, variants = _copy_variants(nbytes)
+    """copy_bandwidth's 16-byte copy kernel over `nbytes`, timed by kernel_seconds over n
+    calls, each on its own source where n of them fit in 512 MiB (a size that fits in L2 is
+    read from DRAM, as a kernel's weights are): the reference for kernel_seconds-based
+    bandwidths. None where kernel_seconds is."""
+    moved, variants = _copy_variants(nbytes, max(1, min(n, (512 << 20) // max(nbytes, 1))))
     if "copy kernel" not in variants:
         return None
-    make = variants["copy kernel"]
-    t = kernel_seconds(lambda _: make(), n)
+    t = kernel_seconds(variants["copy kernel"], n)
     return None if t is None else moved / t
 
 

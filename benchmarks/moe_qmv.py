@@ -2,12 +2,15 @@
 experts' weights, scales and biases / time) at real decode shapes, against the unfused
 mx.gather_qmm path and the device's copy bandwidth measured in the same run.
 
-Each call runs on its own random expert picks (so weights come from HBM, not L2). Two times
+Each call runs on its own expert picks (_picks: weights from HBM, not L2). Two times
 per call: wall, one graph of CALLS independent calls evaluated at once, median over rounds
 (what a caller sees, host cost and MLX's running of independent calls side by side
 included); and kernel, the CUDA profiler's kernel durations with each call evaluated alone
 (common.kernel_seconds; where torch is installed). The kernel share of copy bandwidth holds
-the kernel time to the copy kernel timed the same way over 1 GiB. A read floor puts that in
+the kernel time to the copy kernel timed the same way over 1 GiB, and to the copy kernel over
+the call's own bytes (it reads as many bytes as the call reads and writes them; 64 calls, each
+from its own source, as the calls' weights come from HBM): the copy bandwidth at that size,
+where launch and DRAM latency weigh as they do on the call. A read floor puts that in
 context: the kernel time of a plain gathered read of exactly the bytes a call reads (the
 picked experts' weights, scales and biases, 16-byte loads, nothing computed), the best of a
 few launch shapes: what any kernel moving those bytes costs at this size. Writes
@@ -48,6 +51,20 @@ def _timed(make, rounds: int) -> float:
         mx.eval(outs)
         times.append((time.perf_counter() - t0) / CALLS)
     return statistics.median(times)
+
+
+def _picks(n_experts: int, k: int) -> list[mx.array]:
+    """The CALLS calls' expert picks, (1, k) each: consecutive chunks of k of one random order
+    of the experts, repeated. A call's experts are distinct, and an expert comes back only
+    after every other one has been read (n_experts / k calls later; at every shape here more
+    bytes than the 50 MB L2 of an H100 holds), so that each call reads its weights from HBM,
+    as a layer's experts are in decode, with the rest of the model read between two uses. Random
+    picks per call instead found ~1/3 of the combine's experts at Qwen3-30B-A3B among those of
+    the last 7 calls (7.1 MB each), possibly still in L2."""
+    order = mx.random.permutation(n_experts).astype(mx.uint32)
+    seq = mx.concatenate([order] * -(-CALLS * k // n_experts))
+    mx.eval(seq)
+    return [seq[j * k : (j + 1) * k].reshape(1, k) for j in range(CALLS)]
 
 
 def _experts(n, rows, cols, bits, gs, dtype):
@@ -221,10 +238,7 @@ def bench_shape(name, d, inter, n_experts, k, bits, gs, dtype, rounds, sweep=Fal
     up = _experts(n_experts, 2 * inter, d, bits, gs, dtype)
     down = _experts(n_experts, d, inter, bits, gs, dtype)
     xs = [mx.random.normal((1, d)).astype(dtype) for _ in range(CALLS)]
-    picks = [
-        mx.argsort(mx.random.uniform(shape=(1, n_experts)))[:, :k].astype(mx.uint32)
-        for _ in range(CALLS)
-    ]
+    picks = _picks(n_experts, k)
     scores = [mx.softmax(mx.random.normal((1, k)), axis=-1).astype(dtype) for _ in range(CALLS)]
     q = {"group_size": gs, "bits": bits}
     pairs = list(zip(xs, picks, strict=True))
@@ -284,6 +298,12 @@ def bench_shape(name, d, inter, n_experts, k, bits, gs, dtype, rounds, sweep=Fal
         floor = None if k_fused is None else read_floor_seconds(experts, picks)
         if floor is not None:
             row |= {"read_floor_kernel_us": floor * 1e6, "kernel_of_read_floor": floor / k_fused}
+        same = None if k_fused is None else copy_kernel_bandwidth(nbytes, CALLS)
+        if same is not None:
+            row |= {
+                "copy_kernel_same_bytes_GBps": same / 1e9,
+                "kernel_fraction_of_copy_same_bytes": nbytes / k_fused / same,
+            }
         rows.append(row)
     return rows
 
@@ -337,7 +357,7 @@ def main() -> None:
     print(
         f"{'shape':<15}{'op':<20}{'MB':>7}{'fused us':>10}{'GB/s':>8}{'of copy':>9}"
         f"{'unfused us':>12}{'kernel us':>11}{'GB/s':>8}{'of copy':>9}{'unfused':>9}"
-        f"{'read us':>9}{'of read':>9}"
+        f"{'read us':>9}{'of read':>9}{'copy@size':>11}{'of it':>7}"
     )
     for r in rows:
         kernel = (
@@ -349,6 +369,8 @@ def main() -> None:
                 f"{r['unfused_kernel_us']:>9.2f}"
                 f"{r.get('read_floor_kernel_us', float('nan')):>9.2f}"
                 f"{r.get('kernel_of_read_floor', float('nan')):>9.0%}"
+                f"{r.get('copy_kernel_same_bytes_GBps', float('nan')):>11.0f}"
+                f"{r.get('kernel_fraction_of_copy_same_bytes', float('nan')):>7.0%}"
             )
         )
         print(
