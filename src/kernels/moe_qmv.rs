@@ -99,7 +99,8 @@ pub const MAX_PAIRS: usize = 65_535;
 // overlap (ncu, combine: 2 warps per scheduler, none eligible 59% of cycles). One lop3 via
 // asm (dequant.cuh's and_or) and one 16-byte load per row per two 4-bit steps, with the
 // planner's parts and parts in flight sized in bytes (MMA_PART_BYTES, MMA_FLIGHT_BYTES):
-// gate|up 10.25 -> 9.22 us (51% of the copy kernel), combine 5.88 -> 5.55 us, GLM-4.5-Air's
+// gate|up 10.25 -> 9.22 us (51% of the copy kernel; 50% once the benchmark read every call's
+// experts from HBM, not partly from L2: README), combine 5.88 -> 5.55 us, GLM-4.5-Air's
 // gate|up 36.2 -> 29.1 us and its combine, which now fits the tensor-core kernel in 22 parts
 // of one group, 22.3 us (split-K) -> 15.5 us (H100, one process, 5 interleaved rounds, kernel
 // times; benchmarks/results/moe_qmv-ab-h100-20261207b.json). Software-pipelining a whole
