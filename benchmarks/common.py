@@ -180,9 +180,9 @@ def kernel_seconds(call: Callable[[int], object], n: int) -> float | None:
 
 def copy_kernel_bandwidth(nbytes: int, n: int = 8) -> float | None:
     """copy_bandwidth's 16-byte copy kernel over `nbytes`, timed by kernel_seconds over n
-    calls, each on its own source where n of them fit in 512 MiB (a size that fits in L2 is
-    read from DRAM, as a kernel's weights are): the reference for kernel_seconds-based
-    bandwidths. None where kernel_seconds is."""
+    calls that take turns over as many distinct sources as fit in 512 MiB (at most n), so
+    that a size that fits in L2 is read from DRAM, as a kernel's weights are: the reference for
+    kernel_seconds-based bandwidths. None where kernel_seconds is."""
     moved, variants = _copy_variants(nbytes, max(1, min(n, (512 << 20) // max(nbytes, 1))))
     if "copy kernel" not in variants:
         return None
