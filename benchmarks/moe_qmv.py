@@ -8,9 +8,9 @@ per call: wall, one graph of CALLS independent calls evaluated at once, median o
 included); and kernel, the CUDA profiler's kernel durations with each call evaluated alone
 (common.kernel_seconds; where torch is installed). The kernel share of copy bandwidth holds
 the kernel time to the copy kernel timed the same way over 1 GiB, and to the copy kernel over
-the call's own bytes (it reads as many bytes as the call reads and writes them; 64 calls, each
-from its own source, as the calls' weights come from HBM): the copy bandwidth at that size,
-where launch and DRAM latency weigh as they do on the call. A read floor puts that in
+the call's own bytes (it reads as many bytes as the call reads and writes them; 64 calls taking
+turns over 512 MiB of sources, so that it reads from HBM as the calls do): the copy bandwidth at
+that size, where launch and DRAM latency weigh as they do on the call. A read floor puts that in
 context: the kernel time of a plain gathered read of exactly the bytes a call reads (the
 picked experts' weights, scales and biases, 16-byte loads, nothing computed), the best of a
 few launch shapes: what any kernel moving those bytes costs at this size. Writes
