@@ -2,19 +2,18 @@
 experts' weights, scales and biases / time) at real decode shapes, against the unfused
 mx.gather_qmm path and the device's copy bandwidth measured in the same run.
 
-Each call runs on its own expert picks (_picks: weights from HBM, not L2). Two times
-per call: wall, one graph of CALLS independent calls evaluated at once, median over rounds
-(what a caller sees, host cost and MLX's running of independent calls side by side
-included); and kernel, the CUDA profiler's kernel durations with each call evaluated alone
-(common.kernel_seconds; where torch is installed). The kernel share of copy bandwidth holds
-the kernel time to the copy kernel timed the same way over 1 GiB, and to the copy kernel over
-the call's own bytes (it reads as many bytes as the call reads and writes them; 64 calls taking
-turns over 512 MiB of sources, so that it reads from HBM as the calls do): the copy bandwidth at
-that size, where launch and DRAM latency weigh as they do on the call. A read floor puts that in
-context: the kernel time of a plain gathered read of exactly the bytes a call reads (the
-picked experts' weights, scales and biases, 16-byte loads, nothing computed), the best of a
-few launch shapes: what any kernel moving those bytes costs at this size. Writes
-benchmarks/results/moe_qmv.json.
+Each call runs on its own expert picks (_picks: weights from HBM, not L2). Two times per call:
+wall, one graph of CALLS independent calls evaluated at once, median over rounds (what a caller
+sees, host cost and MLX's running of independent calls side by side included); and kernel, the
+CUDA profiler's kernel durations with each call evaluated alone (common.kernel_seconds; where
+torch is installed). The kernel share of copy bandwidth holds the kernel time to the copy
+kernel timed the same way over 1 GiB, and to the copy kernel over the call's own bytes
+(common.copy_kernel_bandwidth: as many bytes as the call reads, read from HBM as the calls'
+weights are, and written): the copy bandwidth at that size, where launch and DRAM latency weigh
+as they do on the call. A read floor puts that in context: the kernel time of a plain gathered
+read of exactly the bytes a call reads (the picked experts' weights, scales and biases, 16-byte
+loads, nothing computed), the best of a few launch shapes: what any kernel moving those bytes
+costs at this size. Writes benchmarks/results/moe_qmv.json.
 """
 
 from __future__ import annotations
