@@ -16,6 +16,7 @@ pub static ADD_RMS_NORM: KernelSource = KernelSource {
     outputs: &["h", "out"],
     helpers: &[WARP, RMS],
     body: include_str!("cuda/add_rms_norm.cu"),
+    launch_bounds: false,
 };
 
 const OP: &str = "add_rms_norm";

@@ -13,6 +13,7 @@ pub static DROPOUT: KernelSource = KernelSource {
     outputs: &["out"],
     helpers: &[PHILOX],
     body: include_str!("cuda/dropout.cu"),
+    launch_bounds: false,
 };
 
 const OP: &str = "dropout";

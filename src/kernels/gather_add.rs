@@ -13,6 +13,7 @@ pub static GATHER_ADD: KernelSource = KernelSource {
     outputs: &["out"],
     helpers: &[],
     body: include_str!("cuda/gather_add.cu"),
+    launch_bounds: false,
 };
 
 const OP: &str = "gather_add";

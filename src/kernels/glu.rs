@@ -13,6 +13,7 @@ pub static GLU: KernelSource = KernelSource {
     outputs: &["out"],
     helpers: &[MLX_SILU, ACTIVATIONS],
     body: include_str!("cuda/glu.cu"),
+    launch_bounds: false,
 };
 
 pub static GLU_PACKED: KernelSource = KernelSource {
@@ -21,6 +22,7 @@ pub static GLU_PACKED: KernelSource = KernelSource {
     outputs: &["out"],
     helpers: &[MLX_SILU, ACTIVATIONS],
     body: include_str!("cuda/glu_packed.cu"),
+    launch_bounds: false,
 };
 
 pub static GLU_BACKWARD: KernelSource = KernelSource {
@@ -29,6 +31,7 @@ pub static GLU_BACKWARD: KernelSource = KernelSource {
     outputs: &["d_gate", "d_up"],
     helpers: &[MLX_SILU, ACTIVATIONS],
     body: include_str!("cuda/glu_backward.cu"),
+    launch_bounds: false,
 };
 
 pub static GLU_PACKED_BACKWARD: KernelSource = KernelSource {
@@ -37,6 +40,7 @@ pub static GLU_PACKED_BACKWARD: KernelSource = KernelSource {
     outputs: &["d_h"],
     helpers: &[MLX_SILU, ACTIVATIONS],
     body: include_str!("cuda/glu_packed_backward.cu"),
+    launch_bounds: false,
 };
 
 const BLOCK: usize = 256;

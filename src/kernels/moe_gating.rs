@@ -16,6 +16,7 @@ pub static MOE_GATING: KernelSource = KernelSource {
         "  auto bias_at = [](int) { return 0.0f; };\n",
         include_str!("cuda/moe_gating.cu")
     ),
+    launch_bounds: false,
 };
 
 pub static MOE_GATING_BIASED: KernelSource = KernelSource {
@@ -27,6 +28,7 @@ pub static MOE_GATING_BIASED: KernelSource = KernelSource {
         "  auto bias_at = [&](int e) { return zm::to_f(bias[e]); };\n",
         include_str!("cuda/moe_gating.cu")
     ),
+    launch_bounds: false,
 };
 
 const OP: &str = "moe_gating";

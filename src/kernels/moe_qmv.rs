@@ -23,6 +23,7 @@ pub static MOE_QMV_SWIGLU: KernelSource = KernelSource {
     outputs: &["act"],
     helpers: &[WARP, DEQUANT, QMV, MLX_SILU],
     body: include_str!("cuda/moe_qmv_swiglu.cu"),
+    launch_bounds: false,
 };
 
 pub static MOE_QMV_COMBINE: KernelSource = KernelSource {
@@ -31,6 +32,7 @@ pub static MOE_QMV_COMBINE: KernelSource = KernelSource {
     outputs: &["out"],
     helpers: &[WARP, DEQUANT, QMV],
     body: include_str!("cuda/moe_qmv_combine.cu"),
+    launch_bounds: false,
 };
 
 pub static MOE_QMV_SWIGLU_MMA: KernelSource = KernelSource {
@@ -39,6 +41,7 @@ pub static MOE_QMV_SWIGLU_MMA: KernelSource = KernelSource {
     outputs: &["act"],
     helpers: &[DEQUANT, MMA, MLX_SILU],
     body: include_str!("cuda/moe_qmv_swiglu_mma.cu"),
+    launch_bounds: true,
 };
 
 pub static MOE_QMV_COMBINE_MMA: KernelSource = KernelSource {
@@ -47,6 +50,7 @@ pub static MOE_QMV_COMBINE_MMA: KernelSource = KernelSource {
     outputs: &["out"],
     helpers: &[DEQUANT, MMA],
     body: include_str!("cuda/moe_qmv_combine_mma.cu"),
+    launch_bounds: true,
 };
 
 pub const BITS: [usize; 2] = [4, 8];

@@ -13,6 +13,7 @@ pub static QK_NORM_ROPE: KernelSource = KernelSource {
     outputs: &["q_out", "k_out", "v_out"],
     helpers: &[WARP, RMS],
     body: include_str!("cuda/qk_norm_rope.cu"),
+    launch_bounds: false,
 };
 
 const OP: &str = "qk_norm_rope";

@@ -14,6 +14,7 @@ pub static QK_RMS_NORM: KernelSource = KernelSource {
     outputs: &["q_out", "k_out", "v_out"],
     helpers: &[WARP, RMS],
     body: include_str!("cuda/qk_rms_norm.cu"),
+    launch_bounds: false,
 };
 
 const OP: &str = "qk_rms_norm";

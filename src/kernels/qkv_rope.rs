@@ -13,6 +13,7 @@ pub static QKV_ROPE: KernelSource = KernelSource {
     outputs: &["q_out", "k_out", "v_out"],
     helpers: &[],
     body: include_str!("cuda/qkv_rope.cu"),
+    launch_bounds: false,
 };
 
 const OP: &str = "qkv_rope";

@@ -15,6 +15,7 @@ pub static QMV: KernelSource = KernelSource {
     outputs: &["out"],
     helpers: &[WARP, DEQUANT],
     body: include_str!("cuda/qmv.cu"),
+    launch_bounds: false,
 };
 
 /// Rows of x ride on the grid's y axis.

@@ -7,6 +7,12 @@ use super::{DType, KernelSource, Launch, TemplateArg};
 use crate::error::{Error, Result};
 use std::fmt::Write;
 
+/// 32-bit registers of an SM (every arch MLX-CUDA builds for) ...
+const REGISTER_FILE: u32 = 65_536;
+/// ... and the most a thread of a kernel with launch bounds may take: the bounds ask for as
+/// many resident blocks as that leaves room for.
+const MAX_REGISTERS: u32 = 64;
+
 /// One specialisation of a catalog kernel: everything that changes its compiled code.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Specialisation {
@@ -14,6 +20,9 @@ pub struct Specialisation {
     pub template: Vec<(&'static str, TemplateArg)>,
     pub input_dtypes: Vec<DType>,
     pub output_dtypes: Vec<DType>,
+    /// Threads per block of the launch; the entry's `__launch_bounds__` where the kernel
+    /// takes one ([`KernelSource::launch_bounds`]).
+    pub threads: u32,
 }
 
 impl Specialisation {
@@ -33,6 +42,7 @@ impl Specialisation {
             template: launch.template.clone(),
             input_dtypes,
             output_dtypes: launch.output_dtypes.clone(),
+            threads: launch.threadgroup.iter().product(),
         })
     }
 
@@ -67,9 +77,15 @@ impl Specialisation {
         let mut src = String::with_capacity(header.len() + k.body.len() + 1024);
         src.push_str(&header);
         writeln!(src, "\n// {}: precompiled by zmlx_rs", self.symbol()).expect("String");
+        let bounds = if k.launch_bounds {
+            let min_blocks = (REGISTER_FILE / (self.threads * MAX_REGISTERS)).max(1);
+            format!("__launch_bounds__({}, {min_blocks}) ", self.threads)
+        } else {
+            String::new()
+        };
         writeln!(
             src,
-            "extern \"C\" __global__ void {}(\n    {}) {{",
+            "extern \"C\" __global__ void {bounds}{}(\n    {}) {{",
             self.symbol(),
             params.join(",\n    ")
         )
@@ -439,6 +455,36 @@ mod tests {
              __half* out) {"
         ));
         assert!(src.ends_with("} // namespace mlx::core::cu\n"));
+    }
+
+    #[test]
+    fn launch_bounds_only_where_asked_and_one_block_size_per_symbol() {
+        let mut threads_of = std::collections::HashMap::new();
+        for s in specialisations() {
+            let src = s.precompiled_source().unwrap();
+            let bounded = s.kernel.launch_bounds;
+            assert_eq!(src.contains("__launch_bounds__"), bounded, "{}", s.symbol());
+            if bounded {
+                let min_blocks = (REGISTER_FILE / (s.threads * MAX_REGISTERS)).max(1);
+                let bounds = format!("__launch_bounds__({}, {min_blocks}) ", s.threads);
+                assert!(src.contains(&bounds), "{}", s.symbol());
+                let k = s.template.iter().find(|(n, _)| *n == "K").map(|(_, a)| a);
+                let want = match (s.kernel.name, k) {
+                    ("zmlx_moe_qmv_combine_mma", Some(TemplateArg::Int(k))) => 32 * *k as u32,
+                    ("zmlx_moe_qmv_swiglu_mma", _) => 64,
+                    other => panic!("unexpected bounded kernel {other:?}"),
+                };
+                assert_eq!(s.threads, want, "{}", s.symbol());
+            }
+            let seen = threads_of.entry(s.symbol()).or_insert(s.threads);
+            assert!(!bounded || *seen == s.threads, "{}", s.symbol());
+        }
+        assert!(threads_of
+            .keys()
+            .any(|s| s.starts_with("zmlx_moe_qmv_combine_mma")));
+        assert!(threads_of
+            .keys()
+            .any(|s| s.starts_with("zmlx_moe_qmv_swiglu_mma")));
     }
 
     #[test]
