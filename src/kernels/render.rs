@@ -10,8 +10,16 @@ use std::fmt::Write;
 /// 32-bit registers of an SM (every arch MLX-CUDA builds for) ...
 const REGISTER_FILE: u32 = 65_536;
 /// ... and the most a thread of a kernel with launch bounds may take: the bounds ask for as
-/// many resident blocks as that leaves room for.
+/// many resident blocks as that leaves room for, ...
 const MAX_REGISTERS: u32 = 64;
+/// ... but never for more than the fewest blocks an SM holds on any of those archs (16 on
+/// sm_75 and sm_86; ptxas ignores a larger minimum there and would leave registers uncapped).
+const MAX_BLOCKS: u32 = 16;
+
+/// The `__launch_bounds__` minimum of resident blocks for blocks of `threads` threads.
+fn min_blocks(threads: u32) -> u32 {
+    (REGISTER_FILE / (threads * MAX_REGISTERS)).clamp(1, MAX_BLOCKS)
+}
 
 /// One specialisation of a catalog kernel: everything that changes its compiled code.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,8 +86,11 @@ impl Specialisation {
         src.push_str(&header);
         writeln!(src, "\n// {}: precompiled by zmlx_rs", self.symbol()).expect("String");
         let bounds = if k.launch_bounds {
-            let min_blocks = (REGISTER_FILE / (self.threads * MAX_REGISTERS)).max(1);
-            format!("__launch_bounds__({}, {min_blocks}) ", self.threads)
+            format!(
+                "__launch_bounds__({}, {}) ",
+                self.threads,
+                min_blocks(self.threads)
+            )
         } else {
             String::new()
         };
@@ -458,6 +469,15 @@ mod tests {
     }
 
     #[test]
+    fn launch_bounds_cap_registers_at_64_within_16_blocks() {
+        // threads -> resident blocks: 64 registers a thread, 16 blocks at most
+        for (threads, blocks) in [(32, 16), (64, 16), (96, 10), (128, 8), (256, 4), (512, 2)] {
+            assert_eq!(min_blocks(threads), blocks, "{threads} threads");
+        }
+        assert_eq!(min_blocks(1024), 1);
+    }
+
+    #[test]
     fn launch_bounds_only_where_asked_and_one_block_size_per_symbol() {
         let mut threads_of = std::collections::HashMap::new();
         for s in specialisations() {
@@ -465,8 +485,11 @@ mod tests {
             let bounded = s.kernel.launch_bounds;
             assert_eq!(src.contains("__launch_bounds__"), bounded, "{}", s.symbol());
             if bounded {
-                let min_blocks = (REGISTER_FILE / (s.threads * MAX_REGISTERS)).max(1);
-                let bounds = format!("__launch_bounds__({}, {min_blocks}) ", s.threads);
+                let bounds = format!(
+                    "__launch_bounds__({}, {}) ",
+                    s.threads,
+                    min_blocks(s.threads)
+                );
                 assert!(src.contains(&bounds), "{}", s.symbol());
                 let k = s.template.iter().find(|(n, _)| *n == "K").map(|(_, a)| a);
                 let want = match (s.kernel.name, k) {
