@@ -133,15 +133,17 @@ pub struct KernelSource {
     pub helpers: &'static [&'static str],
     pub body: &'static str,
     /// Whether the precompiled entry carries `__launch_bounds__(block threads, blocks)`, with
-    /// the blocks an SM holds at 64 registers a thread (render.rs). Told the block size, ptxas
-    /// schedules the tensor-core MoE kernels' steps differently; the cap keeps it from taking
-    /// registers at the cost of resident blocks (with `(threads, 1)` the 8-bit bfloat16 kernels
-    /// took up to 252 registers, and lost up to 5% at 8 tokens). Measured on an H100, both
-    /// kernels at the Qwen3-30B-A3B and GLM-4.5-Air shapes, 4 and 8 bits, 1 and 8 tokens,
-    /// interleaved, bit for bit: GLM-4.5-Air's 4-bit gate|up 1.12x, Qwen3-30B-A3B's 1.02x at
-    /// one token, no case below 0.994x
-    /// (`benchmarks/results/moe_launch_cap_probe-h100-20261207.json`). Only for kernels whose
-    /// block size follows from the template, so that one symbol never meets two block sizes.
+    /// the blocks an SM holds at 64 registers a thread (render.rs). Only the precompiled path
+    /// (`use_precompiled(True)`) has them: `mx.fast.cuda_kernel` writes the signature itself.
+    /// Told the block size, ptxas schedules the tensor-core MoE kernels' steps differently; the
+    /// cap keeps it from taking registers at the cost of resident blocks (with `(threads, 1)`
+    /// the 8-bit bfloat16 kernels took up to 252 registers, and lost up to 5% at 8 tokens).
+    /// Measured on an H100 against the default path's kernels, both kernels at the
+    /// Qwen3-30B-A3B and GLM-4.5-Air shapes, 4 and 8 bits, 1 and 8 tokens, interleaved, bit for
+    /// bit: GLM-4.5-Air's 4-bit gate|up 1.12x, Qwen3-30B-A3B's 1.02x at one token, no case
+    /// below 0.994x (`benchmarks/results/moe_launch_cap_probe-h100-20261207.json`). Only for
+    /// kernels whose block size follows from the template, so that one symbol never meets two
+    /// block sizes.
     pub launch_bounds: bool,
 }
 
